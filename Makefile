@@ -1,0 +1,36 @@
+# tokred: `make sweep` (main job, embedded default) and `make test` set everything up themselves.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+CONFIG ?= experiments/configs/default.yaml
+OUT    ?= runs/default
+
+.PHONY: install test lint sweep bench measure clean
+
+install: $(STAMP)
+
+# Created once and reused; reinstalled only when the dependencies change.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(PY) -m ruff check tokred methods experiments tests examples
+
+sweep: install
+	$(PY) -m experiments.sweep --config $(CONFIG) --out $(OUT)
+
+bench: install
+	$(PY) -m tokred.cli bench
+
+measure: install
+	$(PY) -m tokred.cli measure
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache build *.egg-info

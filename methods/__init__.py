@@ -1,0 +1,1 @@
+"""Built-in token reducers, declared in the ``tokred.reducers`` entry-point group."""

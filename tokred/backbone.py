@@ -1,0 +1,155 @@
+"""Adapters over ViT towers: the only place that knows open_clip's module layout.
+
+An adapter exposes the seams the encoder drives (embed, per-block attention and MLP, readout)
+by calling the host model's own public submodules. Attention is computed here from the block's
+weights so that it can return the head-averaged keys and add a ``log(size)`` bias; nothing in
+the host model is modified.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .spec import BackboneSpec
+
+
+class UnsupportedBackbone(ValueError):
+    """The tower uses a feature the token-reduction encoder cannot drive."""
+
+
+class ViTAdapter(nn.Module):
+    """Interface of a backbone adapter (see :class:`OpenCLIPVisual`)."""
+
+    spec: BackboneSpec
+
+    def embed(self, images: Tensor) -> Tensor:
+        """``[BT, 3, H, W]`` -> ``[BT, 1 + patches, C]`` (CLS first, positions added, pre-norm)."""
+        raise NotImplementedError
+
+    def attention(self, layer: int, x: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Residual branch of block ``layer``'s attention and the head-mean keys ``[R, N, d]``."""
+        raise NotImplementedError
+
+    def mlp(self, layer: int, x: Tensor) -> Tensor:
+        """Residual branch of block ``layer``'s MLP."""
+        raise NotImplementedError
+
+    def readout(self, cls: Tensor) -> Tensor:
+        """CLS tokens ``[..., C]`` -> embeddings ``[..., D]``."""
+        raise NotImplementedError
+
+
+def mha_attention(
+    attn: nn.MultiheadAttention, x: Tensor, bias: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """Self-attention with ``attn``'s weights; returns (output ``[R,N,C]``, mean keys ``[R,N,d]``).
+
+    Args:
+        attn: a batch-agnostic ``nn.MultiheadAttention`` with a fused in-projection.
+        x: ``[R, N, C]`` normalised input.
+        bias: optional additive logit bias broadcastable to ``[R, H, N, N]``.
+    """
+    rows, n, c = x.shape
+    h = attn.num_heads
+    qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)  # [R, N, 3C]
+    q, k, v = qkv.view(rows, n, 3, h, c // h).permute(2, 0, 3, 1, 4)  # 3 x [R, H, N, d]
+    if bias is not None:
+        bias = bias.to(q.dtype)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # [R, H, N, d]
+    out = out.transpose(1, 2).reshape(rows, n, c)
+    return attn.out_proj(out), k.mean(dim=1)
+
+
+class OpenCLIPVisual(ViTAdapter):
+    """Adapter over an open_clip ``VisionTransformer`` with class-token pooling.
+
+    Args:
+        visual: ``model.visual`` of an open_clip CLIP (kept by reference, never modified).
+        name: backbone name for records.
+
+    Raises:
+        UnsupportedBackbone: naming the feature (attentional pooling, average pooling,
+            custom attention blocks, non-square grids, ...).
+    """
+
+    def __init__(self, visual: nn.Module, name: str = "open_clip") -> None:
+        super().__init__()
+        _check_open_clip_visual(visual)
+        self.visual = visual
+        blocks = visual.transformer.resblocks
+        first = blocks[0]
+        gh, gw = visual.grid_size
+        ph, _ = _pair(visual.patch_size)
+        ih, _ = _pair(visual.image_size)
+        self.spec = BackboneSpec(
+            name=name,
+            width=first.ln_1.normalized_shape[0],
+            layers=len(blocks),
+            heads=first.attn.num_heads,
+            mlp_hidden=first.mlp.c_fc.out_features,
+            patch_size=ph,
+            image_size=ih,
+            grid=gh,
+        )
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.visual.transformer.resblocks
+
+    def embed(self, images: Tensor) -> Tensor:
+        v = self.visual
+        x = v.conv1(images)  # [BT, C, g, g]
+        x = x.flatten(2).transpose(1, 2)  # [BT, g*g, C]
+        cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
+        return v.ln_pre(x)
+
+    def attention(self, layer: int, x: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
+        blk = self.blocks[layer]
+        out, keys = mha_attention(blk.attn, blk.ln_1(x), bias)
+        return blk.ls_1(out), keys
+
+    def mlp(self, layer: int, x: Tensor) -> Tensor:
+        blk = self.blocks[layer]
+        return blk.ls_2(blk.mlp(blk.ln_2(x)))
+
+    def readout(self, cls: Tensor) -> Tensor:
+        x = self.visual.ln_post(cls)
+        return x @ self.visual.proj if self.visual.proj is not None else x
+
+
+def _pair(v) -> tuple[int, int]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def _check_open_clip_visual(visual: nn.Module) -> None:
+    """Refuse towers whose forward the encoder would not reproduce exactly."""
+    name = type(visual).__name__
+    if not hasattr(visual, "transformer") or not hasattr(visual, "conv1"):
+        raise UnsupportedBackbone(
+            f"{name} is not an open_clip VisionTransformer (ViT); token reduction needs a ViT "
+            f"image tower (ModifiedResNet, timm and HF towers are not supported here)"
+        )
+    if getattr(visual, "attn_pool", None) is not None:
+        raise UnsupportedBackbone(f"{name} uses attentional pooling (CoCa); need class-token pooling")
+    if getattr(visual, "pool_type", "tok") != "tok":
+        raise UnsupportedBackbone(
+            f"{name} pools with pool_type={visual.pool_type!r}; need class-token pooling ('tok')"
+        )
+    gh, gw = visual.grid_size
+    if gh != gw:
+        raise UnsupportedBackbone(f"{name} has a non-square patch grid {gh}x{gw}")
+    if not isinstance(visual.patch_dropout, nn.Identity):
+        raise UnsupportedBackbone(f"{name} uses patch dropout; build the model with patch_dropout=0")
+    for i, blk in enumerate(visual.transformer.resblocks):
+        if not isinstance(getattr(blk, "attn", None), nn.MultiheadAttention):
+            raise UnsupportedBackbone(
+                f"{name} block {i} uses a custom attention ({type(blk).__name__}: qk-norm, "
+                f"scaled cosine or head scaling); need nn.MultiheadAttention blocks"
+            )
+        if blk.attn.in_proj_weight is None:
+            raise UnsupportedBackbone(f"{name} block {i} has separate q/k/v projections")
+        if hasattr(blk, "ln_1_kv") or not isinstance(getattr(blk, "ln_attn", nn.Identity()), nn.Identity):
+            raise UnsupportedBackbone(f"{name} block {i} uses cross-attention or an attention norm")

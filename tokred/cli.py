@@ -1,0 +1,55 @@
+"""The ``tokred`` command. Each subcommand is a ``main(argv) -> int`` in its own module,
+imported only when used, so tests can call ``tokred.cli.main([...])`` without a subprocess."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+COMMANDS = {
+    "list": ("tokred.cli:list_main", "list the available reducers and their options"),
+    "bench": ("tokred.bench:main", "speed of reducers vs none on random weights"),
+    "measure": ("tokred.cost.measure:main", "GMACs (analytic + fvcore), memory, throughput records"),
+    "synth": ("tokred.data.synth:main", "generate the synthetic video-text benchmark"),
+    "train": ("tokred.train:main", "fine-tune a retrieval model (full or LoRA; DDP via torchrun)"),
+    "eval": ("tokred.evaluate:main", "evaluate retrieval (R@K, MdR, MnR, R-Sum)"),
+}
+
+
+def list_main(argv: list[str] | None = None) -> int:
+    from .registry import list_reducers, reducer_options
+
+    for name in list_reducers():
+        try:
+            opts = ", ".join(f"{k}={v!r}" for k, v in reducer_options(name).items())
+        except Exception as err:  # a broken plugin must not hide the others
+            opts = f"<cannot load: {err}>"
+        print(f"{name:<14} {opts}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: tokred COMMAND [options]\n\ncommands:")
+        for name, (_, text) in COMMANDS.items():
+            print(f"  {name:<9} {text}")
+        return 0 if argv else 2
+    cmd, rest = argv[0], argv[1:]
+    if cmd not in COMMANDS:
+        import difflib
+
+        close = difflib.get_close_matches(cmd, COMMANDS)
+        print(f"tokred: unknown command {cmd!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+              + f" Commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    # open_clip logs model building on the root logger at INFO: keep the console for results.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("tokred").setLevel(logging.INFO)
+    module, _, func = COMMANDS[cmd][0].partition(":")
+    return int(getattr(importlib.import_module(module), func)(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

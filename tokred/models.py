@@ -1,0 +1,106 @@
+"""Building CLIP models: open_clip architectures (random, pretrained tag, local file) and the
+embedded scale models that let the whole pipeline run on a laptop CPU."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+
+from torch import nn
+
+from .backbone import OpenCLIPVisual
+from .encoder import VideoEncoder
+from .reducer import TokenReducer
+
+log = logging.getLogger(__name__)
+
+# Small CLIPs with the depth (12 blocks) and 7x7 patch grid of ViT-B/32, so every paper schedule
+# (ToMe r=2, CenterCLIP B6-4,49, TempMe 8-9-10 / 2-2-3) applies unchanged; narrow enough to train
+# from scratch on a CPU. Not OpenAI weights: results on them are labelled "scale model".
+EMBEDDED_MODELS: dict[str, dict] = {
+    "scale-B32": {
+        "embed_dim": 128,
+        "vision_cfg": {"image_size": 56, "patch_size": 8, "width": 128, "layers": 12, "head_width": 32},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 4},
+    },
+}
+
+
+def create_clip(
+    name: str,
+    pretrained: str | None = None,
+    *,
+    precision: str = "fp32",
+    device: str = "cpu",
+    quick_gelu: bool | None = None,
+) -> nn.Module:
+    """An open_clip ``CLIP`` model.
+
+    Args:
+        name: an open_clip model name (``ViT-B-32``, ``ViT-B-16``, ``ViT-L-14``, ...) or an
+            embedded scale model (``scale-B32``).
+        pretrained: None for random initialisation, an open_clip pretrained tag (``openai``,
+            ``laion2b_s34b_b79k``, ...) or a local checkpoint path.
+        precision: open_clip precision string (``fp32``, ``fp16``, ``bf16``, ``amp``).
+        device: torch device string.
+        quick_gelu: force QuickGELU; defaults to True for ``pretrained="openai"`` and local files
+            (OpenAI CLIP and every CLIP4Clip-family checkpoint use QuickGELU).
+
+    Raises:
+        ValueError: unknown model name.
+        RuntimeError: a pretrained tag that cannot be downloaded, with how to pass a local file.
+    """
+    import open_clip
+
+    if name in EMBEDDED_MODELS:
+        if pretrained is not None and not os.path.isfile(pretrained):
+            raise FileNotFoundError(f"{name} is an embedded scale model: pretrained must be a "
+                                    f"local checkpoint file, got {pretrained!r}")
+        cfg = copy.deepcopy(EMBEDDED_MODELS[name])
+        model = open_clip.model.CLIP(**cfg, quick_gelu=bool(quick_gelu)).to(device)
+        if pretrained:
+            from .checkpoint import load_clip_weights
+
+            load_clip_weights(model, pretrained)
+        return model
+    if name not in open_clip.list_models():
+        import difflib
+
+        close = difflib.get_close_matches(name, open_clip.list_models() + list(EMBEDDED_MODELS))
+        raise ValueError(f"unknown CLIP model {name!r}; close matches: {close or 'none'}. "
+                         f"See open_clip.list_models() or tokred.models.EMBEDDED_MODELS")
+    local = pretrained is not None and os.path.isfile(pretrained)
+    if quick_gelu is None:
+        quick_gelu = pretrained == "openai" or local
+    if pretrained is None or local:
+        model = open_clip.create_model(name, pretrained=None, precision=precision, device=device,
+                                       force_quick_gelu=quick_gelu)
+        if local:
+            from .checkpoint import load_clip_weights
+
+            load_clip_weights(model, pretrained)
+        return model
+    try:
+        return open_clip.create_model(name, pretrained=pretrained, precision=precision,
+                                      device=device, force_quick_gelu=quick_gelu)
+    except Exception as err:  # download failures surface as many exception types
+        if pretrained.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt")):
+            raise FileNotFoundError(f"pretrained checkpoint {pretrained!r} does not exist") from err
+        raise RuntimeError(
+            f"could not load open_clip weights {name!r} / pretrained={pretrained!r}: {err}. "
+            f"If this machine has no network, download the checkpoint elsewhere (for example "
+            f"open_clip.download_pretrained) and pass its local path as pretrained=/path/to/file"
+        ) from err
+
+
+def create_video_encoder(
+    name: str,
+    reducer: TokenReducer | None = None,
+    frames: int = 12,
+    pretrained: str | None = None,
+    **kwargs,
+) -> VideoEncoder:
+    """A :class:`VideoEncoder` over the visual tower of :func:`create_clip` ``(name, pretrained)``."""
+    model = create_clip(name, pretrained, **kwargs)
+    return VideoEncoder(OpenCLIPVisual(model.visual, name=name), reducer, frames)

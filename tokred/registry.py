@@ -1,0 +1,119 @@
+"""Reducer registry: ``@register_reducer`` plus discovery through entry points.
+
+Built-in reducers and third-party packages use the same entry-point group
+(``tokred.reducers``): the entry point gives the address, the decorator gives the name.
+``list_reducers()`` reads entry-point metadata only and imports no plugin.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from importlib import metadata
+from typing import Any, Callable
+
+from .reducer import TokenReducer
+
+GROUP = "tokred.reducers"
+_REGISTRY: dict[str, type[TokenReducer]] = {}
+
+
+def register_reducer(name: str) -> Callable[[type[TokenReducer]], type[TokenReducer]]:
+    """Class decorator registering a :class:`TokenReducer` under ``name``.
+
+    Raises:
+        ValueError: if another class is already registered under ``name``.
+    """
+
+    def decorate(cls: type[TokenReducer]) -> type[TokenReducer]:
+        if not (isinstance(cls, type) and issubclass(cls, TokenReducer)):
+            raise TypeError(f"@register_reducer({name!r}) must decorate a TokenReducer subclass")
+        old = _REGISTRY.get(name)
+        if old is not None and _qualname(old) != _qualname(cls):
+            raise ValueError(
+                f"reducer name {name!r} is already registered by {_qualname(old)}; "
+                f"{_qualname(cls)} must use another name"
+            )
+        _REGISTRY[name] = cls
+        cls.reducer_name = name
+        return cls
+
+    return decorate
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _entry_points() -> dict[str, metadata.EntryPoint]:
+    found: dict[str, metadata.EntryPoint] = {}
+    for ep in metadata.entry_points(group=GROUP):
+        other = found.get(ep.name)
+        if other is not None and other.value != ep.value:
+            raise ValueError(
+                f"two installed packages declare reducer {ep.name!r} in entry-point group "
+                f"{GROUP!r}: {other.value} and {ep.value}; uninstall or rename one"
+            )
+        found[ep.name] = ep
+    return found
+
+
+def list_reducers() -> list[str]:
+    """Names of all available reducers (registered or declared), sorted; imports no plugin."""
+    return sorted(set(_REGISTRY) | set(_entry_points()))
+
+
+def get_reducer_class(name: str) -> type[TokenReducer]:
+    """The class registered under ``name``, importing its plugin module if needed.
+
+    Raises:
+        KeyError: unknown name, with close matches and the available list.
+    """
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    eps = _entry_points()
+    if name not in eps:
+        available = list_reducers()
+        close = difflib.get_close_matches(name, available, n=3)
+        hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+        raise KeyError(
+            f"unknown reducer {name!r}.{hint} Available: {', '.join(available)}. "
+            f"Third-party reducers are found through the entry-point group {GROUP!r}."
+        )
+    cls = eps[name].load()
+    if name not in _REGISTRY:
+        raise ValueError(
+            f"entry point {name!r} = {eps[name].value} loaded {cls!r}, which is not registered "
+            f"under that name; decorate it with @register_reducer({name!r})"
+        )
+    return _REGISTRY[name]
+
+
+def reducer_options(name: str) -> dict[str, Any]:
+    """The keyword options of reducer ``name`` with their defaults."""
+    sig = inspect.signature(get_reducer_class(name).__init__)
+    return {
+        p.name: (None if p.default is inspect.Parameter.empty else p.default)
+        for p in list(sig.parameters.values())[1:]
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+
+
+def create_reducer(name: str, **options: Any) -> TokenReducer:
+    """Instantiate reducer ``name`` with keyword ``options``.
+
+    Raises:
+        KeyError: unknown reducer.
+        TypeError: unknown option, naming the valid ones and close matches.
+    """
+    cls = get_reducer_class(name)
+    valid = reducer_options(name)
+    for key in options:
+        if key not in valid:
+            close = difflib.get_close_matches(key, list(valid), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise TypeError(
+                f"unknown option {key!r} for reducer {name!r}.{hint} "
+                f"Valid options: {', '.join(valid) or '(none)'}"
+            )
+    return cls(**options)
