@@ -9,7 +9,7 @@ import pytest
 
 import tokred
 from tokred import TokenReducer, create_reducer, list_reducers, register_reducer
-from tokred.registry import GROUP, _REGISTRY
+from tokred.registry import _REGISTRY, GROUP
 
 
 def test_builtins_are_declared_as_entry_points():
