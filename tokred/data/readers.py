@@ -120,7 +120,7 @@ def _need(path: Path, what: str) -> Path:
     return path
 
 
-def _split_file(split: str, files: dict[str, str], kind: str) -> str:
+def _split_file(split: str, files: dict[str, Any], kind: str) -> Any:
     if split not in files:
         raise ValueError(f"{kind} has no split {split!r}; available: {sorted(files)}")
     return files[split]
@@ -197,7 +197,7 @@ def read_activitynet(root: Path, split: str, video_root: Path) -> Split:
     """ActivityNet Captions: ``{id: {duration, timestamps, sentences}}`` + ``*_ids.json``;
     paragraph = sentences joined. ``test`` is an alias of ``val`` (val_1), as in the papers.
     Videos ``v_<id>.mp4`` or ``.mkv``."""
-    ann_name, ids_name = ANET_SPLITS[_split_file(split, ANET_SPLITS, "activitynet")]
+    ann_name, ids_name = _split_file(split, ANET_SPLITS, "activitynet")
     ann = json.loads(_need(root / ann_name, "activitynet").read_text())
     ids = json.loads(_need(root / ids_name, "activitynet").read_text())
     kept = [i for i in ids if i in ann]
