@@ -167,11 +167,11 @@ def _fail(path: Path, errors: list[str]) -> VideoDecodeError:
 
 def probe_video(path: str | Path, decoder: str = "auto") -> tuple[int, float]:
     """Returns ``(num_frames, fps)`` of a video, trying decoders in order (see ``read_video``)."""
-    path = Path(path)
+    path, order = Path(path), _order(decoder)
     if not path.is_file():
         raise VideoDecodeError(f"video file {path} does not exist; check the dataset's video root")
     errors = []
-    for name in _order(decoder):
+    for name in order:
         try:
             return _BACKENDS[name][0](path)
         except Exception as e:  # decoders raise many types on bad input
@@ -200,11 +200,11 @@ def read_video(
     Raises:
         VideoDecodeError: The file is missing, corrupt or truncated (every decoder failed).
     """
-    path = Path(path)
+    path, order = Path(path), _order(decoder)
     if not path.is_file():
         raise VideoDecodeError(f"video file {path} does not exist; check the dataset's video root")
     errors = []
-    for name in _order(decoder):
+    for name in order:
         probe, read = _BACKENDS[name]
         try:
             n, fps = probe(path)
