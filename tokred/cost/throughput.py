@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import platform
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,8 @@ def environment(device: torch.device | str = "cpu", precision: str = "fp32") -> 
         "device": str(dev),
         "precision": precision,
         "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "cpu": platform.processor() or platform.machine(),
@@ -89,3 +95,121 @@ def environment(device: torch.device | str = "cpu", precision: str = "fp32") -> 
     if dev.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(dev)
     return env
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
+    """The autocast context for ``precision`` on ``device`` (a no-op context for fp32).
+
+    Raises:
+        ValueError: unknown precision, or fp16 on a CPU (use bf16 there).
+    """
+    dev = torch.device(device)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "fp16" and dev.type != "cuda":
+        raise ValueError(f"fp16 autocast needs a CUDA device, got {dev}; use --precision bf16 "
+                         f"on a CPU")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=dev.type, dtype=dtype)
+
+
+def fixed_video(batch: int, frames: int, size: int, device: torch.device | str = "cpu",
+                seed: int = 0) -> torch.Tensor:
+    """The same random ``[B, T, 3, H, W]`` input for every run (content does not change cost)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, frames, 3, size, size, generator=g).to(device)
+
+
+def inference_throughput(
+    encoder: torch.nn.Module,
+    frames: int,
+    batch_sizes: Sequence[int] = (1, 4),
+    warmup: int = 2,
+    repeats: int = 5,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[int, Timing]:
+    """Videos per second of ``encoder`` in eval mode under ``inference_mode``, per batch size.
+
+    ``encoder`` is called as ``encoder(video)`` on a fixed random video batch of the size its
+    backbone expects; its train/eval mode is restored afterwards.
+    """
+    size = encoder.backbone.spec.image_size
+    was_training = encoder.training
+    encoder.eval()
+    out = {}
+    try:
+        for b in batch_sizes:
+            video = fixed_video(b, frames, size, device)
+            with torch.inference_mode(), autocast(device, precision):
+                out[b] = time_calls(lambda v=video: encoder(v), items=b, warmup=warmup,
+                                    repeats=repeats, device=device, clock=clock)
+    finally:
+        encoder.train(was_training)
+    return out
+
+
+def make_train_step(
+    encoder: torch.nn.Module,
+    video: torch.Tensor,
+    precision: str = "fp32",
+    lr: float = 1e-6,
+) -> Callable[[], float]:
+    """One training step on a fixed batch: forward (autocast), loss, backward, AdamW step.
+
+    The loss pulls each video embedding towards a fixed random unit target (its cost is
+    negligible next to the encoder's). Only parameters with ``requires_grad`` are optimised,
+    so a LoRA-marked model trains its adapters only.
+    """
+    params = [p for p in encoder.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("make_train_step: the encoder has no trainable parameter")
+    opt = torch.optim.AdamW(params, lr=lr)
+    device = video.device
+    target: torch.Tensor | None = None
+
+    def step() -> float:
+        nonlocal target
+        with autocast(device, precision):
+            emb = encoder(video)  # [B, D]
+        if target is None:
+            g = torch.Generator().manual_seed(1)
+            target = F.normalize(torch.randn(emb.shape, generator=g), dim=-1).to(device)
+        loss = -(emb.float() * target).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    return step
+
+
+def train_step_time(
+    encoder: torch.nn.Module,
+    frames: int,
+    batch: int = 4,
+    warmup: int = 1,
+    repeats: int = 3,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    clock: Callable[[], float] = time.perf_counter,
+) -> Timing:
+    """Seconds per training step (forward, backward, optimiser) in train mode on a fixed batch.
+
+    The encoder's parameters are updated by the timed steps: time a model built for measuring.
+    """
+    size = encoder.backbone.spec.image_size
+    was_training = encoder.training
+    encoder.train()
+    try:
+        step = make_train_step(encoder, fixed_video(batch, frames, size, device), precision)
+        return time_calls(step, items=batch, warmup=warmup, repeats=repeats, device=device,
+                          clock=clock)
+    finally:
+        encoder.train(was_training)
