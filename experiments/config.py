@@ -1,0 +1,264 @@
+"""Sweep configs: load YAML with line numbers, validate everything, expand into trials.
+
+A config has a ``cost`` section (GMACs, tokens, memory, throughput; random weights are enough)
+and a ``quality`` section (retrieval after training-free insertion and after fine-tuning). Each
+section lists reducers as ``{name, options, sweep}``: ``options`` are fixed keyword arguments,
+``sweep`` maps an option to the list of values to try (a grid over all swept options). Every
+error is raised as :class:`ConfigError` before any trial runs, naming the file, the line and
+the fix.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .schema import (
+    COST_KEYS,
+    DATA_KEYS,
+    QUALITY_KEYS,
+    RECIPE_KEYS,
+    REDUCER_KEYS,
+    RUN_KEYS,
+    TOP_KEYS,
+)
+from .schema import check_keys as _check_keys
+from .validate import check_data_paths, check_reducer
+
+_ENV = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+
+
+class ConfigError(ValueError):
+    """A config problem found before any trial starts (message names the line and the fix)."""
+
+
+@dataclass
+class Located:
+    """A parsed YAML document plus the line (1-based) of every mapping key and list item."""
+
+    data: Any
+    lines: dict[tuple, int] = field(default_factory=dict)
+    path: str = "<config>"
+
+    def where(self, *keys: Any) -> str:
+        """``file:line`` of the deepest known prefix of ``keys``."""
+        for n in range(len(keys), -1, -1):
+            if keys[:n] in self.lines:
+                return f"{self.path}:{self.lines[keys[:n]]}"
+        return self.path
+
+
+def _to_python(node: yaml.Node, path: tuple, lines: dict[tuple, int]) -> Any:
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        out = {}
+        for k_node, v_node in node.value:
+            key = _scalar(k_node)
+            if key in out:
+                raise ConfigError(f"line {k_node.start_mark.line + 1}: duplicate key {key!r} "
+                                  f"(first at line {lines[path + (key,)]}); keep only one")
+            lines[path + (key,)] = k_node.start_mark.line + 1
+            out[key] = _to_python(v_node, path + (key,), lines)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_python(v, path + (i,), lines) for i, v in enumerate(node.value)]
+    return _scalar(node)
+
+
+def _scalar(node: yaml.Node) -> Any:
+    if node.tag == "tag:yaml.org,2002:str":
+        return node.value
+    return yaml.safe_load(yaml.serialize(node))
+
+
+def load_yaml(path: str | Path) -> Located:
+    """Parse ``path`` keeping the line of every key (``yaml.compose`` node marks)."""
+    text = Path(path).read_text()
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if node is None:
+        raise ConfigError(f"{path} is empty; see experiments/configs/smoke.yaml for an example")
+    lines: dict[tuple, int] = {}
+    try:
+        return Located(_to_python(node, (), lines), lines, str(path))
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def expand_env(value: Any) -> Any:
+    """``${VAR}`` / ``${VAR:-default}`` in strings, recursively."""
+    if isinstance(value, str):
+        return _ENV.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), value)
+    if isinstance(value, dict):
+        return {k: expand_env(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One unit of work: ``settings`` fully describe it; ``id`` is a hash of them."""
+
+    id: str
+    kind: str  # "cost" or "quality"
+    settings: dict
+
+    @property
+    def title(self) -> str:
+        s = self.settings
+        opts = ",".join(f"{k}={v}" for k, v in sorted(s["options"].items()))
+        where = s.get("backbone") or s.get("model")
+        extra = f" {s['mode']}" if "mode" in s else ""
+        return f"{self.kind} {where} {s['reducer']}{':' + opts if opts else ''}{extra}"
+
+
+@dataclass
+class SweepConfig:
+    """A validated config: its name, source, raw sections and expanded trials."""
+
+    name: str
+    path: str
+    raw: dict
+    trials: list[Trial]
+    label: str = ""
+
+
+def reducer_points(loc: Located, where: tuple) -> list[tuple[str, dict, str]]:
+    """Expand ``reducers`` at ``where`` into ``(name, options, file:line)`` points."""
+    entries = _get(loc, where)
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{loc.where(*where)}: 'reducers' must be a non-empty list of reducer "
+                          f"names or {{name, options, sweep}} mappings")
+    points: list[tuple[str, dict, str]] = []
+    for i, entry in enumerate(entries):
+        at = where + (i,)
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise ConfigError(f"{loc.where(*at)}: a reducer entry needs 'name' (e.g. "
+                              f"{{name: tome, sweep: {{r: [2, 3]}}}}), got {entry!r}")
+        _check_keys(loc, at, entry, REDUCER_KEYS, "reducer entry", ConfigError)
+        fixed = entry.get("options") or {}
+        sweep = entry.get("sweep") or {}
+        for key, values in sweep.items():
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"{loc.where(*at, 'sweep', key)}: sweep values of {key!r} must "
+                                  f"be a non-empty list, e.g. {key}: [{values!r}]")
+        keys = list(sweep)
+        for combo in itertools.product(*(sweep[k] for k in keys)):
+            points.append((entry["name"], {**fixed, **dict(zip(keys, combo))}, loc.where(*at)))
+    return points
+
+
+def _get(loc: Located, where: tuple) -> Any:
+    node = loc.data
+    for k in where:
+        node = node[k]
+    return node
+
+
+def _section(loc: Located, name: str, allowed: dict) -> dict | None:
+    sec = loc.data.get(name)
+    if sec is None:
+        return None
+    if not isinstance(sec, dict):
+        raise ConfigError(f"{loc.where(name)}: '{name}' must be a mapping")
+    _check_keys(loc, (name,), sec, allowed, f"'{name}' section", ConfigError)
+    return sec
+
+
+def _cost_trials(loc: Located) -> list[Trial]:
+    sec = _section(loc, "cost", COST_KEYS)
+    if sec is None:
+        return []
+    defaults = {k: v for k, v in sec.items() if k != "runs"}
+    trials = []
+    for i, run in enumerate(sec.get("runs") or []):
+        at = ("cost", "runs", i)
+        _check_keys(loc, at, run, RUN_KEYS, "cost run", ConfigError)
+        if "backbone" not in run:
+            raise ConfigError(f"{loc.where(*at)}: a cost run needs 'backbone' (e.g. ViT-B-32)")
+        merged = {**{k: v for k, v in defaults.items() if k in RUN_KEYS}, **run}
+        base = {
+            "backbone": run["backbone"],
+            "weights": merged.get("weights", "random"),
+            "frames": int(merged.get("frames", 12)),
+            "batch_sizes": list(merged.get("batch_sizes", [1])),
+            "repeats": int(merged.get("repeats", 3)),
+            "warmup": int(merged.get("warmup", 1)),
+            "memory": bool(merged.get("memory", True)),
+        }
+        where = at + ("reducers",) if "reducers" in run else ("cost", "reducers")
+        for name, options, line in reducer_points(loc, where):
+            check_reducer(name, options, base["backbone"], base["frames"], line, ConfigError)
+            trials.append(make_trial("cost", {**base, "reducer": name, "options": options}))
+    return trials
+
+
+def _quality_trials(loc: Located) -> list[Trial]:
+    sec = _section(loc, "quality", QUALITY_KEYS)
+    if sec is None:
+        return []
+    data = sec.get("data") or {}
+    _check_keys(loc, ("quality", "data"), data, DATA_KEYS, "'quality.data'", ConfigError)
+    for part in ("base", "finetune"):
+        if part in sec:
+            _check_keys(loc, ("quality", part), sec[part] or {}, RECIPE_KEYS,
+                        f"'quality.{part}' recipe", ConfigError)
+    check_data_paths(loc, sec, ConfigError)
+    modes = sec.get("modes", ["training_free", "finetuned"])
+    bad = [m for m in modes if m not in ("training_free", "finetuned")]
+    if bad:
+        raise ConfigError(f"{loc.where('quality', 'modes')}: unknown mode(s) {bad}; use "
+                          f"training_free and/or finetuned")
+    model, frames = sec.get("model", "scale-B32"), int(sec.get("frames", 12))
+    common = {
+        "model": model, "weights": sec.get("weights"), "frames": frames,
+        "data": data, "base": sec.get("base") or {}, "split": sec.get("split", "test"),
+        "seed": int(loc.data.get("seed", 0)),
+    }
+    trials = []
+    for name, options, line in reducer_points(loc, ("quality", "reducers")):
+        check_reducer(name, options, model, frames, line, ConfigError)
+        for mode in modes:
+            extra = {"finetune": sec.get("finetune") or {}} if mode == "finetuned" else {}
+            trials.append(make_trial("quality", {**common, **extra, "mode": mode,
+                                                 "reducer": name, "options": options}))
+    return trials
+
+
+def make_trial(kind: str, settings: dict) -> Trial:
+    from .records import trial_id
+
+    settings = {"kind": kind, **settings}
+    return Trial(trial_id(settings), kind, settings)
+
+
+def load_config(path: str | Path, cost_only: bool = False) -> SweepConfig:
+    """Load, validate and expand ``path``; raises :class:`ConfigError` on any problem."""
+    loc = load_yaml(path)
+    if not isinstance(loc.data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping with cost:/quality: sections")
+    loc.data = expand_env(loc.data)
+    _check_keys(loc, (), loc.data, TOP_KEYS, "top level", ConfigError)
+    trials = _cost_trials(loc)
+    if not cost_only:
+        trials += _quality_trials(loc)
+    if not trials:
+        raise ConfigError(f"{path}: no trials; add a cost: or quality: section with reducers")
+    ids = [t.id for t in trials]
+    dup = {i for i in ids if ids.count(i) > 1}
+    if dup:
+        titles = sorted({t.title for t in trials if t.id in dup})
+        raise ConfigError(f"{path}: the same trial is listed twice: {titles}; remove duplicates")
+    return SweepConfig(str(loc.data.get("name", Path(path).stem)), str(path), loc.data,
+                       trials, str(loc.data.get("label", "")))

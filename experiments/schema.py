@@ -1,0 +1,73 @@
+"""The keys a sweep config may use, each with a one-line meaning (shown in error messages)."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+TOP_KEYS = {
+    "name": "short name of the sweep (used in report titles)",
+    "description": "free text shown at the top of the report",
+    "label": "label printed on every quality number (e.g. SYNTHETIC)",
+    "seed": "random seed for data, training and timing inputs",
+    "cost": "cost section: GMACs, tokens, memory, throughput per reducer",
+    "quality": "quality section: retrieval metrics training-free and after fine-tuning",
+    "defaults": "free-form anchors (&name) reused elsewhere in the file; not read directly",
+}
+RUN_KEYS = {
+    "backbone": "open_clip model name or scale model (ViT-B-32, ViT-B-16, scale-B32)",
+    "weights": "'random' (cost does not depend on weights) or a checkpoint path",
+    "frames": "frames per video T",
+    "batch_sizes": "list of batch sizes (videos) to time",
+    "repeats": "timed repeats per batch size (median reported)",
+    "warmup": "discarded warm-up calls per batch size",
+    "memory": "also measure activation memory of one training step (true/false)",
+    "reducers": "list of reducers: name or {name, options, sweep}",
+}
+COST_KEYS = {**{k: v for k, v in RUN_KEYS.items() if k != "backbone"},
+             "runs": "list of {backbone, ...overrides, reducers}"}
+QUALITY_KEYS = {
+    "model": "CLIP model (scale-B32 for the synthetic benchmark, ViT-B-32 for MSR-VTT)",
+    "weights": "pretrained checkpoint path (None: train the base model on the data)",
+    "frames": "frames per video T",
+    "data": "dataset: {kind: synth|msrvtt, ...}",
+    "base": "recipe to train the base model (reducer none) when weights is None",
+    "finetune": "recipe to fine-tune the base model with each reducer",
+    "modes": "training_free and/or finetuned",
+    "split": "evaluation split",
+    "reducers": "list of reducers: name or {name, options, sweep}",
+}
+DATA_KEYS = {
+    "kind": "synth (generated and cached in the output dir) or msrvtt",
+    "root": "dataset directory (msrvtt: videos/ and annotation files)",
+    "synth": "options of tokred.data.synth.SynthConfig (sizes, seed)",
+    "max_words": "caption length in tokens",
+    "workers": "data-loading worker processes",
+}
+RECIPE_KEYS = {
+    "epochs": "training epochs", "steps": "training steps (overrides epochs)",
+    "batch_size": "videos per step", "lr": "peak learning rate", "weight_decay": "AdamW wd",
+    "warmup": "warm-up fraction", "lora": "LoRA rank (0: full fine-tuning)",
+    "freeze": "parameter groups to freeze", "precision": "fp32, bf16 or fp16 (AMP)",
+    "seed": "recipe seed", "max_words": "caption tokens", "workers": "loader workers",
+    "eval_batch_size": "videos per evaluation batch",
+}
+REDUCER_KEYS = {
+    "name": "registered reducer name (tokred list shows them)",
+    "options": "fixed keyword options of the reducer",
+    "sweep": "option -> list of values; every combination becomes a trial",
+}
+
+
+def check_keys(loc: Any, where: tuple, mapping: Any, allowed: dict[str, str], what: str,
+               error: type[Exception]) -> None:
+    """Raise ``error`` for a key of ``mapping`` not in ``allowed``, with a did-you-mean."""
+    if not isinstance(mapping, dict):
+        raise error(f"{loc.where(*where)}: {what} must be a mapping, got {mapping!r}")
+    for key in mapping:
+        if key in allowed:
+            continue
+        close = difflib.get_close_matches(str(key), list(allowed), n=1)
+        fix = f"did you mean {close[0]!r} ({allowed[close[0]]})?" if close else \
+            f"valid keys: {', '.join(allowed)}"
+        raise error(f"{loc.where(*where, key)}: unknown key {key!r} in {what}; {fix}")

@@ -1,0 +1,157 @@
+"""Run a sweep config: expand into trials, run the unfinished ones, append results, report.
+
+Usage (from the repo root)::
+
+    python -m experiments.sweep --config experiments/configs/default.yaml --out runs/default
+    python -m experiments.sweep --config ... --out ... --shard 0/2      # half of the trials
+    python -m experiments.sweep --config ... --out ... --cost-only      # skip the quality part
+    python -m experiments.sweep --config ... --out ... --only-report    # tables + figures only
+    python -m experiments.sweep merge runs/a runs/b -o runs/all/results.jsonl
+
+Resumable: finished trials (status ok) are skipped on a rerun; errored ones are retried.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from .config import ConfigError, SweepConfig, Trial, load_config
+from .records import append_record, load_results, merge_files
+
+log = logging.getLogger("experiments.sweep")
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n``."""
+    if text is None:
+        return None
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like i/n (e.g. 0/2), got {text!r}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"--shard {text}: need 0 <= i < n")
+    return i, n
+
+
+def in_shard(trial: Trial, shard: tuple[int, int] | None) -> bool:
+    """Deterministic assignment of a trial to a shard by its id."""
+    return shard is None or int(trial.id, 16) % shard[1] == shard[0]
+
+
+def results_path(out: Path, shard: tuple[int, int] | None) -> Path:
+    """``results.jsonl``, or one file per shard so shards never share a writer."""
+    return out / ("results.jsonl" if shard is None else f"results.shard-{shard[0]}-of-{shard[1]}.jsonl")
+
+
+def pending(cfg: SweepConfig, out: Path, shard: tuple[int, int] | None) -> list[Trial]:
+    """Trials of this shard without an ``ok`` record in any results file of ``out``."""
+    done = {k for k, r in load_results([out]).items() if r.get("status") == "ok"}
+    return [t for t in cfg.trials if in_shard(t, shard) and t.id not in done]
+
+
+def run_one(trial: Trial, ctx, cfg: SweepConfig, extra: dict) -> dict:
+    """Run a trial and build its record (never raises for a trial failure)."""
+    from .trials import run_trial
+
+    t0, started = time.perf_counter(), dt.datetime.now(dt.timezone.utc).isoformat()
+    record = {"id": trial.id, "kind": trial.kind, "settings": trial.settings, "config": cfg.name,
+              "label": cfg.label, "started": started, **extra}
+    try:
+        record.update(status="ok", metrics=run_trial(trial, ctx))
+    except KeyboardInterrupt:
+        raise
+    except Exception as err:  # recorded; the sweep goes on and a rerun retries it
+        tb = traceback.format_exc(limit=-6)
+        log.error("trial %s (%s) failed: %s", trial.id, trial.title, err)
+        record.update(status="error", error=f"{type(err).__name__}: {err}", traceback=tb)
+    record["seconds"] = time.perf_counter() - t0
+    return record
+
+
+def run_sweep(cfg: SweepConfig, out: Path, shard: tuple[int, int] | None = None,
+              device: str = "cpu", progress: bool = True) -> dict[str, int]:
+    """Run the pending trials of ``cfg`` into ``out``; returns counts by status."""
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from .trials import Context, versions
+
+    out.mkdir(parents=True, exist_ok=True)
+    todo = pending(cfg, out, shard)
+    mine = sum(in_shard(t, shard) for t in cfg.trials)
+    print(f"{cfg.name}: {len(cfg.trials)} trials, {mine} in this shard, "
+          f"{mine - len(todo)} already done, {len(todo)} to run -> {out}")
+    ctx = Context(out=out, device=device)
+    extra = {"versions": versions(), "device": device,
+             "shard": None if shard is None else f"{shard[0]}/{shard[1]}"}
+    counts = {"ok": 0, "error": 0}
+    path = results_path(out, shard)
+    with logging_redirect_tqdm(), tqdm(todo, unit="trial", disable=not progress,
+                                       dynamic_ncols=True) as bar:
+        for trial in bar:
+            bar.set_description(trial.title[:60])
+            record = run_one(trial, ctx, cfg, extra)
+            append_record(path, record)
+            counts[record["status"]] += 1
+            bar.set_postfix(ok=counts["ok"], errors=counts["error"])
+    return counts
+
+
+def merge_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m experiments.sweep merge",
+                                description="merge result files or dirs (one record per trial)")
+    p.add_argument("inputs", nargs="+", help="results.jsonl files or output dirs")
+    p.add_argument("-o", "--output", required=True, help="merged results.jsonl to write")
+    a = p.parse_args(argv)
+    n = merge_files(a.inputs, a.output)
+    print(f"merged {n} trials into {a.output}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "merge":
+        return merge_main(argv[1:])
+    p = argparse.ArgumentParser(prog="python -m experiments.sweep", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="sweep YAML (experiments/configs/*.yaml)")
+    p.add_argument("--out", required=True, help="output dir: results.jsonl, cache/, report/")
+    p.add_argument("--shard", help="run only shard i of n (i/n, 0-based), e.g. 0/2")
+    p.add_argument("--cost-only", action="store_true", help="skip the quality section")
+    p.add_argument("--only-report", action="store_true", help="write tables/figures and exit")
+    p.add_argument("--no-report", action="store_true", help="do not write the report")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("experiments").setLevel(logging.INFO)
+    out = Path(a.out)
+    try:
+        shard = parse_shard(a.shard)
+        cfg = load_config(a.config, cost_only=a.cost_only)
+    except (ConfigError, ValueError) as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    counts = {"error": 0}
+    if not a.only_report:
+        t0 = time.perf_counter()
+        counts = run_sweep(cfg, out, shard, a.device, progress=not a.no_progress)
+        print(f"ran {sum(counts.values())} trials in {time.perf_counter() - t0:.0f} s: "
+              f"{counts['ok']} ok, {counts['error']} errors")
+    if not a.no_report and (shard is None or a.only_report):
+        from .report import write_report
+
+        index = write_report([out], out / "report", config=cfg)
+        print(f"report: {index}")
+    return 1 if counts["error"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
