@@ -304,7 +304,8 @@ def _write_videos(job: tuple[list[tuple[str, Scene]], int, int, int]) -> None:
 
 
 def _encode_all(items: list[tuple[str, Scene]], cfg: SynthConfig) -> None:
-    chunks = [items[i : i + 64] for i in range(0, len(items), 64)]
+    step = max(1, min(64, -(-len(items) // (8 * max(cfg.workers, 1)))))  # ~8 chunks/worker
+    chunks = [items[i : i + step] for i in range(0, len(items), step)]
     jobs = [(c, cfg.frames, cfg.size, cfg.fps) for c in chunks]
     if cfg.workers <= 1 or len(chunks) <= 1:
         for job in jobs:
@@ -352,7 +353,7 @@ def _write_annotations(
         w.writerows(rows)
     pairs = [[j, j + 1] for j, (_, _, twin) in enumerate(test) if twin == 1]
     meta = {
-        "config": asdict(cfg),
+        "config": {k: v for k, v in asdict(cfg).items() if k != "workers"},
         "test": meta_test,
         "twin_pairs": pairs,
         "scenes": {"train": [asdict(s) for s in train], "test": [asdict(s) for s, _, _ in test]},

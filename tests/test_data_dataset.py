@@ -1,0 +1,101 @@
+"""Torch datasets over a Split: caption sampling, evaluation enumeration, cache, skipped videos."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from tokred.data import (
+    CaptionDataset,
+    Split,
+    SynthConfig,
+    TrainDataset,
+    VideoDataset,
+    VideoDecodeError,
+    collate,
+    generate,
+    load_split,
+)
+from tokred.data import dataset as dataset_mod
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cfg = SynthConfig(train_videos=6, test_videos=6, frames=8, workers=1)
+    return generate(tmp_path_factory.mktemp("synth"), cfg)
+
+
+def test_train_items_and_caption_draw(synth_dir: Path) -> None:
+    split = load_split("msrvtt", synth_dir, "train")
+    ds = TrainDataset(split, seed=3, num_frames=4, image_size=56)
+    item = ds[0]
+    assert item["frames"].shape == (4, 3, 56, 56) and item["frames"].dtype == torch.float32
+    assert split.caption_video[item["caption_index"]] == 0
+    assert item["caption"] == split.captions[item["caption_index"]]
+    draws = []
+    for epoch in range(6):
+        ds.set_epoch(epoch)
+        draws.append([ds.caption_for(v) for v in range(len(ds))])
+    assert len({tuple(d) for d in draws}) > 1  # changes across epochs
+    again = TrainDataset(split, seed=3, num_frames=4, image_size=56)
+    again.set_epoch(5)
+    assert [again.caption_for(v) for v in range(len(ds))] == draws[5]  # deterministic
+
+
+def test_eval_enumerates_videos_and_all_captions(synth_dir: Path) -> None:
+    split = load_split("msrvtt", synth_dir, "train")
+    videos = DataLoader(
+        VideoDataset(split, num_frames=4, image_size=32), batch_size=4, collate_fn=collate
+    )
+    batches = list(videos)
+    assert batches[0]["frames"].shape == (4, 4, 3, 32, 32)  # [B, T, 3, S, S]
+    assert torch.cat([b["video_index"] for b in batches]).tolist() == list(range(6))
+    caps = list(DataLoader(CaptionDataset(split), batch_size=100, collate_fn=collate))[0]
+    assert caps["caption"] == split.captions and caps["video_index"].tolist() == split.caption_video
+
+
+def test_cache_avoids_second_decode(synth_dir: Path, monkeypatch) -> None:
+    split = load_split("msrvtt", synth_dir, "test")
+    ds = VideoDataset(split, num_frames=4, image_size=32, cache=True)
+    ds.source.preload()
+    first = ds[2]["frames"]
+
+    def fail(*_a, **_k):
+        raise AssertionError("decoded again despite the cache")
+
+    monkeypatch.setattr(dataset_mod, "read_video", fail)
+    torch.testing.assert_close(ds[2]["frames"], first, rtol=0, atol=0)
+
+
+def test_skip_errors_counts_bad_videos(synth_dir: Path, tmp_path: Path) -> None:
+    split = load_split("msrvtt", synth_dir, "test")
+    videos = list(split.videos)
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"corrupt")
+    half = tmp_path / "half.mp4"
+    data = split.videos[1].path.read_bytes()
+    half.write_bytes(data[: len(data) // 2])
+    videos[0] = type(videos[0])(videos[0].id, bad)
+    videos[1] = type(videos[1])(videos[1].id, half)
+    broken = Split("broken", videos, split.captions, split.caption_video, tmp_path)
+
+    with pytest.raises(VideoDecodeError, match="bad.mp4"):
+        VideoDataset(broken, num_frames=4, image_size=32)[0]
+    ds = TrainDataset(broken, num_frames=4, image_size=32, skip_errors=True)
+    batches = list(DataLoader(ds, batch_size=4, collate_fn=collate))
+    assert sum(len(b["skipped"]) for b in batches) == 2
+    assert sum(len(b["caption"]) for b in batches) == len(videos) - 2
+    assert ds.source.report() == 2
+
+
+def test_missing_video_raises_before_decoding(synth_dir: Path, tmp_path: Path) -> None:
+    shutil.copytree(synth_dir, tmp_path / "s")
+    (tmp_path / "s" / "videos" / "video3.mp4").unlink()
+    from tokred.data import check_files
+
+    with pytest.raises(FileNotFoundError, match="video3"):
+        check_files(load_split("msrvtt", tmp_path / "s", "train"))
