@@ -22,6 +22,7 @@ import yaml
 from .schema import (
     COST_KEYS,
     DATA_KEYS,
+    PROVENANCE_KEYS,
     QUALITY_KEYS,
     RECIPE_KEYS,
     REDUCER_KEYS,
@@ -236,6 +237,35 @@ def _quality_trials(loc: Located) -> list[Trial]:
     return trials
 
 
+def _provenance_trials(loc: Located, cost_only: bool) -> list[Trial]:
+    sec = _section(loc, "provenance", PROVENANCE_KEYS)
+    if sec is None or (cost_only and sec.get("weights") == "base"):
+        return []
+    model, frames = sec.get("model", "scale-B32"), int(sec.get("frames", 12))
+    weights = sec.get("weights", "random")
+    if weights not in ("random", "base"):
+        raise ConfigError(f"{loc.where('provenance', 'weights')}: weights must be 'random' or "
+                          f"'base' (the quality section's trained base model), got {weights!r}")
+    if weights == "base" and "quality" not in loc.data:
+        raise ConfigError(f"{loc.where('provenance', 'weights')}: weights: base needs a quality "
+                          f"section (its base model); use weights: random")
+    trials = []
+    for name, options, line in reducer_points(loc, ("provenance", "reducers")):
+        check_reducer(name, options, model, frames, line, ConfigError)
+        settings = {"model": model, "frames": frames, "weights": weights,
+                    "reducer": name, "options": options}
+        if weights == "base":
+            settings["base_of"] = _quality_base_key(loc.data["quality"], model, frames)
+        trials.append(make_trial("provenance", settings))
+    return trials
+
+
+def _quality_base_key(q: dict, model: str, frames: int) -> dict:
+    """What the quality section's base model depends on (its cache key)."""
+    return {"model": model, "weights": q.get("weights"), "frames": frames,
+            "data": q.get("data") or {}, "base": q.get("base") or {}}
+
+
 def make_trial(kind: str, settings: dict) -> Trial:
     from .records import trial_id
 
@@ -253,6 +283,7 @@ def load_config(path: str | Path, cost_only: bool = False) -> SweepConfig:
     trials = _cost_trials(loc)
     if not cost_only:
         trials += _quality_trials(loc)
+    trials += _provenance_trials(loc, cost_only)
     if not trials:
         raise ConfigError(f"{path}: no trials; add a cost: or quality: section with reducers")
     ids = [t.id for t in trials]

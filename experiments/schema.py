@@ -12,6 +12,7 @@ TOP_KEYS = {
     "seed": "random seed for data, training and timing inputs",
     "cost": "cost section: GMACs, tokens, memory, throughput per reducer",
     "quality": "quality section: retrieval metrics training-free and after fine-tuning",
+    "provenance": "token-provenance pictures: {model, frames, weights, reducers}",
     "defaults": "free-form anchors (&name) reused elsewhere in the file; not read directly",
 }
 RUN_KEYS = {
@@ -35,6 +36,12 @@ QUALITY_KEYS = {
     "finetune": "recipe to fine-tune the base model with each reducer",
     "modes": "training_free and/or finetuned",
     "split": "evaluation split",
+    "reducers": "list of reducers: name or {name, options, sweep}",
+}
+PROVENANCE_KEYS = {
+    "model": "model run on one synthetic video (scale-B32)",
+    "frames": "frames per video T",
+    "weights": "'random' or 'base' (the quality section's trained base model)",
     "reducers": "list of reducers: name or {name, options, sweep}",
 }
 DATA_KEYS = {

@@ -56,6 +56,8 @@ def run_trial(trial: Trial, ctx: Context) -> dict:
     """Run ``trial`` and return its metrics (raises on failure)."""
     if trial.kind == "cost":
         return cost_trial(trial.settings, ctx)
+    if trial.kind == "provenance":
+        return provenance_trial(trial.settings, ctx)
     from .quality import quality_trial
 
     return quality_trial(trial.settings, ctx)
@@ -160,3 +162,20 @@ def activation_mib(enc, frames: int, size: int) -> float:
         finally:
             enc.eval()
     return total / 2**20
+
+
+def provenance_trial(s: dict, ctx: Context) -> dict:
+    """Which input patches each output token stands for, on one synthetic video."""
+    from tokred import create_reducer
+    from tokred.encoder import VideoEncoder
+
+    from .provenance import provenance
+
+    weights = "random"
+    if s["weights"] == "base":
+        from .quality import base_checkpoint
+
+        weights = str(base_checkpoint(s["base_of"], ctx))
+    backbone = _backbone(s["model"], weights, ctx)
+    reducer = create_reducer(s["reducer"], **s["options"])
+    return provenance(lambda r: VideoEncoder(backbone, r, s["frames"]), reducer, s["frames"])

@@ -1,0 +1,184 @@
+"""Report figures (matplotlib, Agg): trade-offs, memory, token schedules, token provenance."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .plots_tokens import provenance_figure  # noqa: E402
+
+log = logging.getLogger(__name__)
+GMACS_LABEL = "visual GMACs per video (10$^9$ multiply-accumulates; GFLOPs = 2 x GMACs)"
+
+
+def reducer_colours(names) -> dict[str, tuple]:
+    """A fixed colour per reducer name (sorted, so every figure agrees)."""
+    cmap = plt.get_cmap("tab10")
+    return {n: cmap(i % 10) for i, n in enumerate(sorted(set(names)))}
+
+
+def _legend_outside(ax) -> None:
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+
+
+def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Indices of the points not dominated by a cheaper-or-equal and better-or-equal point,
+    sorted by cost (lower ``x`` is better, higher ``y`` is better)."""
+    order = np.lexsort((-y, x))
+    front, best = [], -math.inf
+    for i in order:
+        if y[i] > best:
+            front.append(i)
+            best = y[i]
+    return np.asarray(front, dtype=int)
+
+
+def tradeoff_figure(q: pd.DataFrame, xcol: str, xlabel: str, path: Path, title: str,
+                    lower_is_better: bool = True) -> bool:
+    """R-Sum vs a cost column, one panel per mode, one line per reducer, Pareto front dashed."""
+    q = q.dropna(subset=[xcol, "R-Sum"])
+    if q.empty:
+        return False
+    modes = list(dict.fromkeys(q["mode"]))
+    colours = reducer_colours(q["reducer"])
+    fig, axes = plt.subplots(1, len(modes), figsize=(5.2 * len(modes) + 1.8, 4.2), squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        g = q[q["mode"] == mode]
+        for red, gr in g.groupby("reducer"):
+            gr = gr.sort_values(xcol)
+            ax.plot(gr[xcol], gr["R-Sum"], "o-", color=colours[red], label=red, ms=5)
+            for _, row in gr.iterrows():
+                opts = row["setting"].removeprefix(red).strip()
+                if opts:
+                    ax.annotate(opts, (row[xcol], row["R-Sum"]), fontsize=6,
+                                xytext=(3, 3), textcoords="offset points")
+        x, y = g[xcol].to_numpy(float), g["R-Sum"].to_numpy(float)
+        front = pareto_front(x if lower_is_better else -x, y)
+        ax.step(x[front], y[front], "--", color="k", lw=1, where="post", label="Pareto front")
+        ax.set_title(f"{mode.replace('_', '-')}", fontsize=10)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel("R-Sum (t2v + v2t R@1+5+10, %)")
+        ax.grid(alpha=0.3)
+    _legend_outside(axes[0][-1])
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def memory_figure(c: pd.DataFrame, path: Path) -> bool:
+    c = c.dropna(subset=["act. MiB/video"])
+    if c.empty:
+        return False
+    bbs = list(dict.fromkeys(c["backbone"]))
+    colours = reducer_colours(c["reducer"])
+    fig, axes = plt.subplots(1, len(bbs), figsize=(5 * len(bbs), 0.32 * c.groupby("backbone").size().max() + 1.6), squeeze=False)
+    for ax, bb in zip(axes[0], bbs):
+        g = c[c["backbone"] == bb].sort_values("act. MiB/video")
+        ax.barh(g["setting"], g["act. MiB/video"], color=[colours[r] for r in g["reducer"]])
+        ax.set_xlabel("activation memory of one training step (MiB per video)")
+        ax.set_title(f"{bb}, {g['frames'].iloc[0]} frames (random weights)", fontsize=10)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def tokens_figure(c: pd.DataFrame, path: Path) -> bool:
+    c = c[c["attn_tokens"].map(len) > 0] if not c.empty else c
+    if c.empty:
+        return False
+    bbs = list(dict.fromkeys(c["backbone"]))
+    colours = reducer_colours(c["reducer"])
+    styles = ["-", "--", ":", "-."]
+    fig, axes = plt.subplots(1, len(bbs), figsize=(5.5 * len(bbs) + 2, 4.2), squeeze=False)
+    for ax, bb in zip(axes[0], bbs):
+        g = c[c["backbone"] == bb]
+        for red, gr in g.groupby("reducer"):
+            for k, (_, row) in enumerate(gr.iterrows()):
+                ax.plot(range(len(row["attn_tokens"])), row["attn_tokens"], styles[k % 4],
+                        marker="o", ms=3, color=colours[red], label=row["setting"])
+        ax.set_xlabel("layer (0-based)")
+        ax.set_ylabel("tokens per video entering attention")
+        ax.set_title(f"{bb}, {g['frames'].iloc[0]} frames", fontsize=10)
+        ax.grid(alpha=0.3)
+        _legend_outside(ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def speed_figure(c: pd.DataFrame, path: Path) -> bool:
+    """Measured throughput vs GMACs, with the ideal (throughput proportional to 1/GMACs)."""
+    if c.empty:
+        return False
+    bbs = list(dict.fromkeys(c["backbone"]))
+    colours = reducer_colours(c["reducer"])
+    fig, axes = plt.subplots(1, len(bbs), figsize=(5.2 * len(bbs) + 1.8, 4.2), squeeze=False)
+    for ax, bb in zip(axes[0], bbs):
+        g = c[c["backbone"] == bb]
+        for red, gr in g.groupby("reducer"):
+            gr = gr.sort_values("GMACs")
+            ax.plot(gr["GMACs"], gr["videos/s"], "o-", color=colours[red], label=red, ms=5)
+        base = g[g["reducer"] == "none"]
+        if not base.empty:
+            b = base.iloc[0]
+            xs = np.linspace(g["GMACs"].min(), g["GMACs"].max(), 50)
+            ax.plot(xs, b["videos/s"] * b["GMACs"] / xs, ":", color="grey",
+                    label="ideal: speed ~ 1/GMACs")
+        ax.set_xlabel(GMACS_LABEL, fontsize=8)
+        ax.set_ylabel("inference throughput (videos/s, CPU)")
+        ax.set_title(f"{bb} (random weights)", fontsize=10)
+        ax.grid(alpha=0.3)
+    _legend_outside(axes[0][-1])
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def make_figures(cost: pd.DataFrame, quality: pd.DataFrame, out: Path,
+                 records: list[dict]) -> list[tuple[str, str]]:
+    """Draw every figure the data allows; returns ``(file name, caption)`` pairs."""
+    figs: list[tuple[str, str]] = []
+    synth = not quality.empty and (quality["data"] == "synth").any()
+    tag = "SYNTHETIC benchmark, scale model" if synth else "retrieval"
+    if not quality.empty:
+        title = f"R-Sum vs cost ({tag})"
+        if tradeoff_figure(quality, "GMACs", GMACS_LABEL, out / "rsum_vs_gmacs.png", title):
+            figs.append(("rsum_vs_gmacs.png", f"{'SYNTHETIC: ' if synth else ''}R-Sum against "
+                         "visual GMACs per video, one line per reducer across its sweep; dashed: "
+                         "Pareto front (no other setting is both cheaper and better)."))
+        if tradeoff_figure(quality, "videos/s", "inference throughput (videos/s, CPU)",
+                           out / "rsum_vs_speed.png", title, lower_is_better=False):
+            figs.append(("rsum_vs_speed.png", f"{'SYNTHETIC: ' if synth else ''}R-Sum against "
+                         "measured inference throughput of the evaluated model on this CPU."))
+    if not cost.empty:
+        if speed_figure(cost, out / "speed_vs_gmacs.png"):
+            figs.append(("speed_vs_gmacs.png", "Random weights: measured throughput against "
+                         "GMACs per backbone; the dotted line is what the GMACs alone predict "
+                         "(baseline speed x baseline GMACs / GMACs). Points below it lose time "
+                         "to the reducer's own work or to small, memory-bound kernels."))
+        if memory_figure(cost, out / "memory.png"):
+            figs.append(("memory.png", "Random weights: activation memory one video keeps for "
+                         "backward in a full fine-tuning step (MiB), per reducer setting."))
+        if tokens_figure(cost, out / "tokens_per_layer.png"):
+            figs.append(("tokens_per_layer.png", "Tokens per video entering attention at "
+                         "each layer, per reducer setting (from the encoder's token trace)."))
+    prov = [r for r in records if r.get("kind") == "provenance" and r.get("status") == "ok"]
+    if prov:
+        caption = provenance_figure(prov, out / "token_provenance.png")
+        figs.append(("token_provenance.png", caption))
+    return figs

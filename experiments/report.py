@@ -1,0 +1,188 @@
+"""Tables (Markdown + CSV) and figures from results files alone (no model needed).
+
+Usage::
+
+    python -m experiments.report runs/default            # writes runs/default/report/
+    python -m experiments.report runs/a runs/b -o merged/  # several result dirs or files
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from .records import load_results, result_files
+from .tables import RANK_COLS, cost_frame, load_published, published_for, quality_frame, to_markdown
+
+log = logging.getLogger(__name__)
+
+COST_COLS = ["setting", "GMACs", "GMACs %", "reducer GMACs", "tokens out", "act. MiB/video",
+             "memory %", "ms/video", "videos/s", "speed-up", "trainable params"]
+QUALITY_COLS = ["data", "setting", "MeM act. MiB/video", "ms/video", *RANK_COLS, "R-Sum",
+                "GMACs", "tokens out", "trainable params", "twin acc."]
+GMACS_NOTE = ("GMACs = 10^9 multiply-accumulates of the visual tower per video, counted "
+              "analytically from the token trace (1 MAC = 2 FLOPs; fvcore's 'flops' are MACs). "
+              "'reducer GMACs' is the reducer's own estimated work (matching/clustering).")
+
+
+def _published_cost(pubs: list[dict], row: pd.Series) -> tuple[str, str]:
+    """Published memory and speed ratios to the baseline for the same setting (or '')."""
+    p = published_for(pubs, row["backbone"], row["reducer"], row["options"], "msrvtt", "finetuned")
+    base = published_for(pubs, row["backbone"], "none", {}, "msrvtt", "finetuned")
+    if p is None or base is None or p.get("mem_gb") is None:
+        return "", ""
+    return (f"{100 * p['mem_gb'] / base['mem_gb']:.0f} %",
+            f"{base['ms_per_video'] / p['ms_per_video']:.2f}x")
+
+
+def cost_section(df: pd.DataFrame, pubs: list[dict]) -> tuple[list[str], pd.DataFrame]:
+    lines = ["## Cost (random weights)", "",
+             "Cost does not depend on the weights, so these rows use randomly initialised "
+             "backbones (**random weights**). " + GMACS_NOTE + " Memory = activations one video "
+             "keeps for backward in a full fine-tuning step (MiB, counted from the tensors "
+             "autograd saves, so device-independent). Speed = median wall time of "
+             "inference on this machine's CPU (ms per video at the best batch size). "
+             "'paper' columns: the published MSR-VTT ratio to the baseline for the same "
+             "setting (training GPU memory and inference speed on V100), where one exists.", ""]
+    if df.empty:
+        return lines + ["(no finished cost trials)", ""], df
+    paper = df.apply(lambda r: _published_cost(pubs, r), axis=1, result_type="expand")
+    df = df.assign(**{"paper memory %": paper[0], "paper speed-up": paper[1]})
+    for (bb, frames), g in df.groupby(["backbone", "frames"], sort=True):
+        lines += [f"### {bb}, {frames} frames, random weights", "",
+                  to_markdown(g[COST_COLS + ["paper memory %", "paper speed-up"]]), ""]
+    return lines, df
+
+
+def quality_section(df: pd.DataFrame, pubs: list[dict], label: str) -> list[str]:
+    lines = ["## Retrieval quality", ""]
+    if df.empty:
+        return lines + ["(no finished quality trials)", ""]
+    for (model, mode, data), g in df.groupby(["model", "mode", "data"], sort=False):
+        tag = "SYNTHETIC benchmark, scale model" if data == "synth" else data
+        lines += [f"### {tag}: {model}, {mode.replace('_', '-')}", ""]
+        if data == "synth":
+            lines += ["**SYNTHETIC**: every number in this table comes from the shipped synthetic "
+                      "benchmark with a small CLIP trained from scratch; it checks the pipeline "
+                      "and relative behaviour, it is not comparable to MSR-VTT.", ""]
+        table = g[QUALITY_COLS].copy()
+        table["data"] = table["data"].map(lambda d: "SYNTHETIC" if d == "synth" else d)
+        table = _with_published(table, g, pubs, data, mode)
+        lines += [to_markdown(table), "",
+                  "Columns follow CenterCLIP Table 3 (MeM, Speed, t2v/v2t R@1/5/10, MdR, MnR) "
+                  "extended with R-Sum (t2v+v2t R@1+5+10), GMACs (visual, per video), tokens out "
+                  "and trainable parameters. " + ("" if data == "synth" else
+                                                  "Rows 'published:' are the papers' numbers "
+                                                  "(V100 GB and ms) for the same setting."), ""]
+    return lines
+
+
+def _with_published(table: pd.DataFrame, g: pd.DataFrame, pubs: list[dict], data: str,
+                    mode: str) -> pd.DataFrame:
+    if data == "synth":
+        return table
+    rows = []
+    for (_, ours), (_, src) in zip(table.iterrows(), g.iterrows()):
+        rows.append(ours.to_dict())
+        p = published_for(pubs, src["model"], src["reducer"], src["options"], data, mode)
+        if p is not None:
+            pub = {c: p.get(c) for c in RANK_COLS}
+            pub.update({"data": data, "setting": f"published: {p['method']}",
+                        "MeM act. MiB/video": f"{p['mem_gb']} GB ({p['hardware']})"
+                        if p.get("mem_gb") else None,
+                        "ms/video": f"{p['ms_per_video']} ({p['hardware']})"
+                        if p.get("ms_per_video") else None})
+            rows.append(pub)
+    return pd.DataFrame(rows, columns=table.columns)
+
+
+def error_section(records: list[dict]) -> list[str]:
+    bad = [r for r in records if r.get("status") != "ok"]
+    if not bad:
+        return []
+    lines = ["## Failed trials", "", "A rerun of the sweep retries them.", "",
+             "| id | kind | setting | error |", "|---|---|---|---|"]
+    for r in bad:
+        s = r["settings"]
+        err = str(r.get("error", "")).replace("|", "/").replace("\n", " ")[:200]
+        lines.append(f"| {r['id']} | {r['kind']} | {s['reducer']} {s['options']} | {err} |")
+    return lines + [""]
+
+
+def write_report(inputs: list[str | Path], out: str | Path, config=None) -> Path:
+    """Write ``report.md``, CSV tables and PNG figures for the results in ``inputs``."""
+    from .plots import make_figures
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = list(load_results(inputs).values())
+    pubs = load_published()
+    cost, quality = cost_frame(records), quality_frame(records)
+    name = getattr(config, "name", None) or Path(inputs[0]).name
+    label = getattr(config, "label", "") or ""
+    lines = [f"# Sweep report: {name}", ""]
+    desc = (getattr(config, "raw", {}) or {}).get("description")
+    if desc:
+        lines += [str(desc), ""]
+    ok = sum(r.get("status") == "ok" for r in records)
+    lines += [f"Generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC from "
+              f"{', '.join(map(str, result_files(inputs)))}: {ok} finished trials, "
+              f"{len(records) - ok} failed. Tables: `cost.csv`, `quality.csv`.", ""]
+    lines += _env_lines(records)
+    cost_lines, cost = cost_section(cost, pubs)
+    lines += cost_lines + quality_section(quality, pubs, label)
+    figures = make_figures(cost, quality, out, records)
+    if figures:
+        lines += ["## Figures", ""]
+        for fig, caption in figures:
+            lines += [f"![{fig}]({fig})", "", f"*{caption}*", ""]
+    lines += error_section(records)
+    lines += ["## Sources", "", "Published numbers: `experiments/published.csv` (copied from the "
+              "papers; see the note at its top).", ""]
+    _write_csv(cost, out / "cost.csv")
+    _write_csv(quality, out / "quality.csv")
+    index = out / "report.md"
+    index.write_text("\n".join(lines))
+    return index
+
+
+def _env_lines(records: list[dict]) -> list[str]:
+    envs = {tuple(sorted((r.get("versions") or {}).items())) for r in records}
+    if not envs:
+        return []
+    v = dict(next(iter(envs)))
+    return [f"Environment: torch {v.get('torch')}, open_clip {v.get('open_clip')}, tokred "
+            f"{v.get('tokred')} (git {v.get('git') or '?'}), {v.get('cpu')} with "
+            f"{v.get('threads')} threads, device {records[0].get('device', 'cpu')}"
+            + (f" ({len(envs)} distinct environments across files)" if len(envs) > 1 else "")
+            + ".", ""]
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> None:
+    drop = [c for c in ("attn_tokens",) if c in df.columns]
+    df.drop(columns=drop).to_csv(path, index=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m experiments.report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", help="result dirs or results*.jsonl files")
+    p.add_argument("-o", "--out", help="report dir (default: INPUT/report for one dir)")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    first = Path(a.inputs[0])
+    out = Path(a.out) if a.out else (first if first.is_dir() else first.parent) / "report"
+    if not result_files(a.inputs):
+        print(f"no results*.jsonl in {a.inputs}", file=sys.stderr)
+        return 2
+    print(f"report: {write_report(a.inputs, out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
