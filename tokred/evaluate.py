@@ -1,0 +1,248 @@
+"""Retrieval evaluation: t2v / v2t R@1/5/10, MdR, MnR, R-Sum over every caption of a split.
+
+The similarity matrix ``[captions, videos]`` is saved (``sim.npz``, see
+:func:`tokred.metrics.save_similarity`) so post-processing such as DSL or QB-Norm can be applied
+offline and reported as a separately labelled extra. On the synthetic benchmark the metrics are
+also broken down per caption type, with the time-reversed twin-pair accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .metrics import rank_summary, retrieval_metrics, save_similarity, t2v_ranks, v2t_ranks
+from .retrieval import RetrievalModel, build_model
+
+log = logging.getLogger(__name__)
+
+
+def load_model(
+    path: str | Path,
+    reducer: str | None = None,
+    reducer_options: dict | None = None,
+    frames: int | None = None,
+    device: str = "cpu",
+) -> RetrievalModel:
+    """A :class:`RetrievalModel` from a tokred ``model.pt``, optionally with another reducer.
+
+    The CLIP weights always load; the checkpoint's reducer state loads only when ``reducer`` is
+    None or names the reducer it was trained with (training-free evaluation otherwise).
+    """
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    meta = ck.get("meta") if isinstance(ck, dict) else None
+    if not meta:
+        raise ValueError(
+            f"{path} is not a tokred model.pt (no 'meta'); for CLIP4Clip-family "
+            f"checkpoints build_model(name, pretrained={str(path)!r}) instead"
+        )
+    same = reducer is None or reducer == meta["reducer"]
+    model = build_model(
+        meta["model"],
+        reducer or meta["reducer"],
+        meta["reducer_options"] if reducer is None else reducer_options,
+        frames or meta["frames"],
+        max_words=meta["max_words"],
+    )
+    model.clip.load_state_dict(ck["model"])
+    if same and ck.get("reducer"):
+        model.reducer.load_state_dict(ck["reducer"])
+    return model.to(device).eval()
+
+
+def load_videos(split, frames: int, image_size: int, sampling: str = "uniform") -> torch.Tensor:
+    """Every video of ``split`` decoded and preprocessed: float16 ``[V, T, 3, S, S]``."""
+    from .data import FrameSource, check_files
+
+    check_files(split)
+    src = FrameSource(split, num_frames=frames, image_size=image_size, sampling=sampling)
+    return torch.stack([src.frames(v).to(torch.float16) for v in range(len(split.videos))])
+
+
+@torch.no_grad()
+def embed_split(
+    model: RetrievalModel,
+    captions: list[str],
+    videos: torch.Tensor,
+    batch_size: int = 64,
+    precision: str = "fp32",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text ``[C, D]`` and video ``[V, D]`` features (float32, L2-normalised)."""
+    from .train import autocast
+
+    model.eval()
+    device = next(model.parameters()).device
+    text, vid = [], []
+    with autocast(device.type, precision):
+        for s in range(0, len(captions), batch_size * 4):
+            tokens = model.tokenizer(captions[s : s + batch_size * 4]).to(device)
+            text.append(model.encode_text(tokens).float())
+        for s in range(0, len(videos), batch_size):
+            vid.append(model.encode_video(videos[s : s + batch_size].to(device).float()).float())
+    return torch.cat(text).cpu(), torch.cat(vid).cpu()
+
+
+def evaluate(
+    model: RetrievalModel | str | Path,
+    split,
+    *,
+    reducer: str | None = None,
+    reducer_options: dict | None = None,
+    frames: int = 12,
+    videos: torch.Tensor | None = None,
+    batch_size: int = 64,
+    precision: str = "fp32",
+    out: str | Path | None = None,
+    synth_meta=None,
+    dataset: str | None = None,
+) -> dict:
+    """Evaluate text-video retrieval on ``split``.
+
+    Args:
+        model: a :class:`RetrievalModel` or the path of a tokred ``model.pt``.
+        split: the evaluation :class:`~tokred.data.Split` (every caption is a query).
+        reducer / reducer_options: evaluate the checkpoint with this reducer instead (only when
+            ``model`` is a path).
+        frames: frames per video.
+        videos: pre-decoded ``[V, T, 3, S, S]`` frames (from :func:`load_videos`) to skip decoding.
+        out: directory for ``sim.npz`` and ``metrics.json`` (nothing written when None).
+        synth_meta: :class:`~tokred.data.SynthMeta` for per-type metrics and twin accuracy.
+        dataset: label stored in the results (``"synthetic"`` whenever ``synth_meta`` is given).
+
+    Returns:
+        Plain dict: the metrics of :func:`tokred.metrics.retrieval_metrics`, chance levels,
+        ``num_captions``, ``num_videos``, ``eval_s``, and with ``synth_meta`` ``per_type`` and
+        ``twin_accuracy``.
+    """
+    if not isinstance(model, torch.nn.Module):
+        model = load_model(model, reducer, reducer_options, frames)
+    if videos is None:
+        videos = load_videos(split, frames, model.video.backbone.spec.image_size)
+    t0 = time.perf_counter()
+    text, vid = embed_split(model, split.captions, videos, batch_size, precision)
+    sim = text @ vid.t()  # [C, V] cosine; the logit scale does not change ranks
+    res = _metrics(sim, np.asarray(split.caption_video), synth_meta)
+    res.update(
+        eval_s=time.perf_counter() - t0,
+        frames=videos.shape[1],
+        split=split.name,
+        reducer=model.reducer.__class__.__name__,
+        dataset="synthetic" if synth_meta is not None else (dataset or split.name),
+    )
+    if out is not None:
+        _write(Path(out), sim, split, res)
+    return res
+
+
+def _metrics(sim: torch.Tensor, caption_video: np.ndarray, synth_meta) -> dict:
+    res = retrieval_metrics(sim, caption_video)
+    n_vid = sim.shape[1]
+    res.update({f"chance_R@{k}": 100.0 * min(k, n_vid) / n_vid for k in (1, 5, 10)})
+    res.update(num_captions=int(sim.shape[0]), num_videos=int(n_vid))
+    if synth_meta is not None:
+        res["per_type"] = per_type_metrics(sim, caption_video, synth_meta.types)
+        from .data import twin_accuracy
+
+        res["twin_accuracy"] = twin_accuracy(sim, synth_meta.twin_pairs)
+        res["twin_pairs"] = len(synth_meta.twin_pairs)
+    return res
+
+
+def per_type_metrics(sim: torch.Tensor, caption_video: np.ndarray, types: list[str]) -> dict:
+    """t2v metrics of each caption type's queries against all videos, and v2t of the videos
+    whose captions are all of that type."""
+    if len(types) != sim.shape[0]:
+        raise ValueError(
+            f"{len(types)} caption types for {sim.shape[0]} captions; is synth_meta "
+            f"from the same synthetic test split?"
+        )
+    t2v, v2t = t2v_ranks(sim, caption_video), v2t_ranks(sim, caption_video)
+    kinds = np.asarray(types)
+    out = {}
+    for kind in dict.fromkeys(types):
+        rows = kinds == kind
+        vids = np.unique(caption_video[rows])
+        own = [v for v in vids if set(kinds[caption_video == v]) == {kind}]
+        out[kind] = {
+            "count": int(rows.sum()),
+            **rank_summary(t2v[rows], "t2v"),
+            **rank_summary(v2t[own], "v2t"),
+        }
+    return out
+
+
+def _write(out: Path, sim: torch.Tensor, split, res: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    save_similarity(
+        out / "sim.npz",
+        sim,
+        split.caption_video,
+        {k: res[k] for k in ("dataset", "split", "reducer", "frames")},
+    )
+    (out / "metrics.json").write_text(json.dumps(res, indent=1))
+
+
+def format_metrics(res: dict) -> str:
+    """One-block text summary (labelled SYNTHETIC on the synthetic benchmark)."""
+    tag = "SYNTHETIC " if res.get("dataset") == "synthetic" else ""
+    lines = [
+        f"{tag}{res.get('split', '')} ({res['num_captions']} captions, "
+        f"{res['num_videos']} videos; chance R@1 {res['chance_R@1']:.2f}%)"
+    ]
+    for d in ("t2v", "v2t"):
+        lines.append(
+            f"  {d}: R@1 {res[f'{d}_R@1']:.1f}  R@5 {res[f'{d}_R@5']:.1f}  "
+            f"R@10 {res[f'{d}_R@10']:.1f}  MdR {res[f'{d}_MdR']:.1f}  MnR {res[f'{d}_MnR']:.1f}"
+        )
+    lines.append(f"  R-Sum (t2v+v2t R@1/5/10) {res['rsum']:.1f}")
+    for kind, m in res.get("per_type", {}).items():
+        lines.append(
+            f"  {tag}{kind:<10} n={m['count']:<4} t2v R@1 {m['t2v_R@1']:.1f}  "
+            f"R@5 {m['t2v_R@5']:.1f}  R@10 {m['t2v_R@10']:.1f}"
+        )
+    if "twin_accuracy" in res:
+        lines.append(
+            f"  {tag}twin-pair accuracy {100 * res['twin_accuracy']:.1f}% "
+            f"({res['twin_pairs']} pairs; 50% = order-blind)"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``tokred eval``: evaluate a tokred checkpoint on a dataset split."""
+    ap = argparse.ArgumentParser(prog="tokred eval", description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", required=True, help="tokred model.pt (from tokred train)")
+    ap.add_argument("--data", default="msrvtt", help="dataset kind (tokred.data.READERS)")
+    ap.add_argument("--root", required=True, help="annotation directory")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--video-root", default=None)
+    ap.add_argument("--reducer", default=None, help="evaluate with this reducer instead")
+    ap.add_argument("--reducer-options", type=json.loads, default=None, help="JSON options")
+    ap.add_argument("--frames", type=int, default=12)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    ap.add_argument("--out", default=None, help="directory for sim.npz and metrics.json")
+    a = ap.parse_args(argv)
+    from .data import load_meta, load_split
+
+    split = load_split(a.data, a.root, a.split, a.video_root)
+    meta = load_meta(a.root) if (Path(a.root) / "synth_meta.json").is_file() else None
+    res = evaluate(
+        a.checkpoint,
+        split,
+        reducer=a.reducer,
+        reducer_options=a.reducer_options,
+        frames=a.frames,
+        batch_size=a.batch_size,
+        precision=a.precision,
+        out=a.out,
+        synth_meta=meta,
+    )
+    print(format_metrics(res))
+    return 0

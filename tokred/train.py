@@ -1,0 +1,558 @@
+"""Fine-tuning a retrieval model: full / LoRA / from scratch, AMP, DDP via torchrun, resumable.
+
+Recipes (``mode``):
+- ``full``: CenterCLIP / CLIP4Clip: everything trains except the patch conv, class and visual
+  positional embeddings, ``ln_pre``, token embedding and text positional embedding.
+  Defaults lr 5e-6, AdamW (0.9, 0.98), wd 0.2.
+- ``lora``: TempMe: LoRA on the fused qkv of every attention layer (both towers) plus the
+  reducer's own parameters (TempMe's temporal embeddings); the rest, logit scale included,
+  frozen. Defaults lr 6e-4, AdamW (0.9, 0.999), wd 0.2.
+- ``scratch``: random init, every parameter trains (the scale model). Defaults lr 2e-3,
+  AdamW (0.9, 0.98), wd 0.2.
+
+Launch on N processes with ``torchrun --nproc_per_node N -m tokred.cli train ...``; the batch
+size is global (split over ranks and accumulation steps) and N ranks give the update of one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import distributed as D
+from .retrieval import (
+    RetrievalModel,
+    build_model,
+    configure_trainable,
+    contrastive_loss,
+    make_optimizer,
+    make_scheduler,
+)
+
+log = logging.getLogger(__name__)
+
+RECIPES = {  # mode -> (lr, betas)
+    "full": (5e-6, (0.9, 0.98)),
+    "lora": (6e-4, (0.9, 0.999)),
+    "scratch": (2e-3, (0.9, 0.98)),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs (the CLI maps one flag to each field).
+
+    Attributes:
+        data: dataset kind (``msrvtt``, ``msvd``, ``csv``, ...; see ``tokred.data.READERS``).
+        root: annotation directory; ``video_root`` defaults to ``root/videos``.
+        out: run directory (``last.pt`` for resuming, ``model.pt`` final, ``train_log.jsonl``).
+        model / pretrained / init: CLIP name, open_clip tag or file, and an optional checkpoint
+            to start from (CLIP4Clip layouts or a tokred ``model.pt``; its reducer state is
+            loaded when it was trained with the same reducer).
+        reducer / reducer_options: registered reducer name and its keyword options.
+        mode: ``full``, ``lora`` or ``scratch`` (see module doc); lr/betas default per mode.
+        frames / train_frames: frames the reducer is set up for, and frames sampled per training
+            video (default ``frames``; fewer is fine for frame-count invariant meanP).
+        batch_size: global batch (over ranks and accumulation steps).
+        epochs / max_steps: length; ``max_steps`` (optimizer steps) wins when set.
+        warmup: warm-up fraction of the steps (then cosine to zero).
+        precision: ``fp32``, ``bf16`` (autocast) or ``fp16`` (autocast + GradScaler, CUDA only).
+        stop_at_step: stop (after saving) at this step as if interrupted; for resume tests.
+        time_limit: minutes; training stops at the first step past it (reported).
+    """
+
+    data: str = "msrvtt"
+    root: str = "data/msrvtt"
+    split: str = "train"
+    video_root: str | None = None
+    out: str = "runs/train"
+    model: str = "scale-B32"
+    pretrained: str | None = None
+    init: str | None = None
+    reducer: str = "none"
+    reducer_options: dict = field(default_factory=dict)
+    mode: str = "full"
+    lora_rank: int = 8
+    frames: int = 12
+    train_frames: int | None = None
+    sampling: str = "uniform"
+    max_words: int = 32
+    batch_size: int = 128
+    grad_accum: int = 1
+    epochs: float = 5.0
+    max_steps: int | None = None
+    lr: float | None = None
+    betas: tuple[float, float] | None = None
+    weight_decay: float = 0.2
+    warmup: float = 0.1
+    grad_clip: float | None = 1.0
+    precision: str = "fp32"
+    freeze_logit_scale: bool | None = None
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 0
+    cache: bool = True
+    save_every: int = 0
+    resume: bool = False
+    stop_at_step: int | None = None
+    time_limit: float | None = None
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in RECIPES:
+            raise ValueError(f"mode must be one of {sorted(RECIPES)}, got {self.mode!r}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        self.lr = RECIPES[self.mode][0] if self.lr is None else self.lr
+        self.betas = tuple(self.betas or RECIPES[self.mode][1])
+        if self.freeze_logit_scale is None:
+            self.freeze_logit_scale = self.mode == "lora"
+
+
+def build_for_training(cfg: TrainConfig, device: str) -> RetrievalModel:
+    """Model for ``cfg``: built, initialised from ``cfg.init``, trainable set per ``cfg.mode``."""
+    model = build_model(
+        cfg.model, cfg.reducer, cfg.reducer_options, cfg.frames, cfg.pretrained, cfg.max_words
+    )
+    if cfg.init:
+        load_init(model, cfg.init, cfg.reducer)
+    if cfg.train_frames not in (None, cfg.frames) and any(True for _ in model.reducer.parameters()):
+        raise ValueError(
+            f"reducer {cfg.reducer!r} has parameters shaped for frames={cfg.frames}; "
+            f"train it with train_frames={cfg.frames} (got {cfg.train_frames})"
+        )
+    configure_trainable(model, cfg.mode, cfg.lora_rank, cfg.freeze_logit_scale)
+    return model.to(device)
+
+
+def load_init(model: RetrievalModel, path: str, reducer: str) -> None:
+    """CLIP weights from ``path`` (any layout ``load_clip_weights`` reads) + matching reducer state."""
+    from .checkpoint import load_clip_weights
+
+    load_clip_weights(model.clip, path)
+    obj = torch.load(path, map_location="cpu", weights_only=False)
+    if (
+        isinstance(obj, dict)
+        and obj.get("reducer")
+        and obj.get("meta", {}).get("reducer") == reducer
+    ):
+        model.reducer.load_state_dict(obj["reducer"])
+
+
+def _train_split(cfg: TrainConfig):
+    from .data import check_files, load_split
+
+    split = load_split(cfg.data, cfg.root, cfg.split, cfg.video_root)
+    check_files(split)  # every missing video named before any step runs
+    return split
+
+
+class _Memo(torch.utils.data.Dataset):
+    """Keeps each preprocessed clip after its first fetch (the caption is drawn per epoch)."""
+
+    def __init__(self, base) -> None:
+        self.base, self.frames = base, {}
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.base.set_epoch(epoch)
+
+    def __getitem__(self, v: int) -> dict:
+        if v not in self.frames:
+            item = self.base[v]
+            if "frames" in item:
+                self.frames[v] = item["frames"].to(torch.float16)
+            return item
+        c = self.base.caption_for(v)
+        return {
+            "frames": self.frames[v].float(),
+            "caption": self.base.split.captions[c],
+            "video_index": v,
+            "caption_index": c,
+        }
+
+
+def make_dataset(cfg: TrainConfig, image_size: int, split=None) -> torch.utils.data.Dataset:
+    """The training dataset: one caption drawn per video per epoch; memoised when ``cfg.cache``."""
+    from .data import TrainDataset
+
+    split = split if split is not None else _train_split(cfg)
+    ds = TrainDataset(
+        split,
+        seed=cfg.seed,
+        num_frames=cfg.train_frames or cfg.frames,
+        image_size=image_size,
+        sampling=cfg.sampling,
+    )
+    return _Memo(ds) if cfg.cache and cfg.num_workers == 0 else ds
+
+
+def epoch_batches(
+    n: int, local_batch: int, info: D.DistInfo, seed: int, epoch: int
+) -> list[list[int]]:
+    """This rank's batches of one epoch: a seeded permutation split rank-major, drop_last."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n, generator=g).tolist()
+    global_batch = local_batch * info.world
+    out = []
+    for s in range(0, n - global_batch + 1, global_batch):
+        chunk = perm[s : s + global_batch]
+        out.append(chunk[info.rank * local_batch : (info.rank + 1) * local_batch])
+    return out
+
+
+def train_step(
+    model: nn.Module,
+    batches: list[dict],
+    optimizer,
+    scaler,
+    cfg: TrainConfig,
+    info: D.DistInfo,
+    tokenizer,
+) -> float:
+    """One optimizer step over ``len(batches)`` accumulation micro-batches; returns the mean loss.
+
+    The loss is the global-batch InfoNCE (features gathered over ranks); it is multiplied by the
+    world size (DDP averages gradients) and divided by the accumulation steps.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    device = next(model.parameters()).device
+    total = 0.0
+    for i, batch in enumerate(batches):
+        video = batch["frames"].to(device, non_blocking=True)
+        tokens = tokenizer(batch["caption"]).to(device)
+        sync = i == len(batches) - 1 or not hasattr(model, "no_sync")
+        ctx = model.no_sync() if not sync else _null()
+        with ctx, autocast(device.type, cfg.precision):
+            text, vid, scale = model(video, tokens)
+            loss = contrastive_loss(text, vid, scale)
+        scaled = loss * info.world / len(batches)
+        with ctx:
+            (scaler.scale(scaled) if scaler else scaled).backward()
+        total += float(loss.detach()) / len(batches)
+    if scaler:
+        scaler.unscale_(optimizer)
+    if cfg.grad_clip:
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    _clamp_logit_scale(model)
+    return total
+
+
+def _null():
+    return contextlib.nullcontext()
+
+
+def autocast(device_type: str, precision: str):
+    """Autocast context for ``precision`` (fp32: none; fp16 on CPU is refused: use bf16)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "fp16" and device_type != "cuda":
+        raise ValueError("precision='fp16' needs CUDA (GradScaler); on CPU use precision='bf16'")
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device_type, dtype=dtype)
+
+
+def save_checkpoint(state: dict, path: Path) -> Path:
+    """Write atomically: a temporary file in the same directory, then ``os.replace``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def rng_state() -> dict:
+    """Python, numpy, torch (and CUDA) generator states."""
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _clamp_logit_scale(model: nn.Module) -> None:
+    clip = getattr(model, "module", model).clip
+    with torch.no_grad():
+        clip.logit_scale.clamp_(0, math.log(100))  # CLIP's cap on the temperature
+
+
+def train(cfg: TrainConfig, split=None) -> dict:
+    """Train per ``cfg``; returns ``{"checkpoint", "last", "steps", "loss", "wall_s", ...}``.
+
+    Args:
+        cfg: the run configuration.
+        split: an already loaded training :class:`~tokred.data.Split` (skips reading ``cfg.root``).
+    """
+    info = D.init_distributed(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = build_for_training(cfg, info.device)
+    ds = make_dataset(cfg, model.video.backbone.spec.image_size, split)
+    local = _local_batch(cfg, info, len(ds))
+    steps_per_epoch = len(ds) // (local * info.world) // cfg.grad_accum
+    total = cfg.max_steps or max(1, int(cfg.epochs * steps_per_epoch))
+    optimizer = make_optimizer(model, cfg.lr, cfg.betas, cfg.weight_decay)
+    scheduler = make_scheduler(optimizer, total, cfg.warmup)
+    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+    step = _maybe_resume(cfg, out, model, optimizer, scheduler, scaler)
+    ddp = _wrap(model, info)
+    stats = _loop(
+        cfg,
+        info,
+        ddp,
+        model,
+        ds,
+        local,
+        steps_per_epoch,
+        total,
+        step,
+        optimizer,
+        scheduler,
+        scaler,
+        out,
+    )
+    if info.is_main:
+        stats["checkpoint"] = str(_save_final(model, cfg, out, stats))
+    D.barrier()
+    return stats
+
+
+def _local_batch(cfg: TrainConfig, info: D.DistInfo, n: int) -> int:
+    per = info.world * cfg.grad_accum
+    if cfg.batch_size % per:
+        raise ValueError(f"batch_size={cfg.batch_size} must divide by world_size*grad_accum={per}")
+    if cfg.batch_size > n:
+        raise ValueError(f"batch_size={cfg.batch_size} exceeds the {n} training videos")
+    return cfg.batch_size // per
+
+
+def _wrap(model: nn.Module, info: D.DistInfo) -> nn.Module:
+    if not info.distributed:
+        return model
+    ids = [torch.device(info.device).index] if info.device.startswith("cuda") else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def _maybe_resume(cfg, out: Path, model, optimizer, scheduler, scaler) -> int:
+    last = out / "last.pt"
+    if not cfg.resume:
+        return 0
+    if not last.is_file():
+        log.warning("--resume: no %s yet; starting from step 0", last)
+        return 0
+    ck = load_checkpoint(last)
+    model.load_model_state(ck)
+    optimizer.load_state_dict(ck["optimizer"])
+    scheduler.load_state_dict(ck["scheduler"])
+    if scaler and ck.get("scaler"):
+        scaler.load_state_dict(ck["scaler"])
+    restore_rng(ck["rng"])
+    log.info("resumed %s at step %d", last, ck["step"])
+    return int(ck["step"])
+
+
+def _loop(
+    cfg,
+    info,
+    ddp,
+    model,
+    ds,
+    local,
+    steps_per_epoch,
+    total,
+    step,
+    optimizer,
+    scheduler,
+    scaler,
+    out: Path,
+) -> dict:
+    from .data import collate
+
+    t0, losses, stopped = time.perf_counter(), [], None
+    bar = _progress(info, total, step)
+    log_file = (out / "train_log.jsonl").open("a") if info.is_main else None
+    while step < total and stopped is None:
+        epoch, offset = divmod(step, steps_per_epoch)
+        ds.set_epoch(epoch)
+        batches = epoch_batches(len(ds), local, info, cfg.seed, epoch)[offset * cfg.grad_accum :]
+        loader = torch.utils.data.DataLoader(
+            ds, batch_sampler=batches, collate_fn=collate, num_workers=cfg.num_workers
+        )
+        it = iter(loader)
+        for _ in range(len(batches) // cfg.grad_accum):
+            micro = [next(it) for _ in range(cfg.grad_accum)]
+            loss = train_step(ddp, micro, optimizer, scaler, cfg, info, model.tokenizer)
+            scheduler.step()
+            step += 1
+            losses.append(loss)
+            if bar:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            if log_file:
+                log_file.write(
+                    json.dumps(
+                        {
+                            "step": step,
+                            "epoch": epoch,
+                            "loss": loss,
+                            "lr": scheduler.get_last_lr()[0],
+                        }
+                    )
+                    + "\n"
+                )
+            stopped = _should_stop(cfg, step, total, t0)
+            if stopped or (cfg.save_every and step % cfg.save_every == 0) or step == total:
+                _save_last(model, optimizer, scheduler, scaler, step, cfg, out, info)
+            if stopped or step >= total:
+                break
+    if bar:
+        bar.close()
+    if log_file:
+        log_file.close()
+    wall = time.perf_counter() - t0
+    return {
+        "last": str(out / "last.pt"),
+        "steps": step,
+        "total_steps": total,
+        "loss": losses[-1] if losses else float("nan"),
+        "losses": losses,
+        "wall_s": wall,
+        "stopped": stopped,
+        "world_size": info.world,
+        "config": asdict(cfg),
+    }
+
+
+def _should_stop(cfg, step: int, total: int, t0: float) -> str | None:
+    if cfg.stop_at_step is not None and step >= cfg.stop_at_step and step < total:
+        return f"stop_at_step={cfg.stop_at_step}"
+    if cfg.time_limit and time.perf_counter() - t0 > 60 * cfg.time_limit and step < total:
+        log.warning("time limit %.1f min reached at step %d of %d", cfg.time_limit, step, total)
+        return f"time_limit={cfg.time_limit}"
+    return None
+
+
+def _progress(info: D.DistInfo, total: int, step: int):
+    if not info.is_main:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=step, desc="train", unit="step", dynamic_ncols=True)
+
+
+def _meta(cfg: TrainConfig) -> dict:
+    return {
+        "model": cfg.model,
+        "reducer": cfg.reducer,
+        "reducer_options": cfg.reducer_options,
+        "frames": cfg.frames,
+        "max_words": cfg.max_words,
+        "mode": cfg.mode,
+        "lora_rank": cfg.lora_rank if cfg.mode == "lora" else None,
+    }
+
+
+def _save_last(model, optimizer, scheduler, scaler, step, cfg, out: Path, info) -> None:
+    if not info.is_main:
+        return
+    state = model.model_state()
+    state.update(
+        optimizer=optimizer.state_dict(),
+        scheduler=scheduler.state_dict(),
+        scaler=scaler.state_dict() if scaler else None,
+        step=step,
+        rng=rng_state(),
+        meta=_meta(cfg),
+        config=asdict(cfg),
+    )
+    save_checkpoint(state, out / "last.pt")
+
+
+def _save_final(model: RetrievalModel, cfg: TrainConfig, out: Path, stats: dict) -> Path:
+    """``model.pt``: plain CLIP weights (LoRA folded into a copy) + reducer state + meta."""
+    state = model.model_state()
+    if cfg.mode == "lora":
+        import copy
+
+        from .lora import fold_lora
+
+        clip = copy.deepcopy(model.clip)
+        fold_lora(clip)
+        state["model"] = clip.state_dict()
+    meta = dict(_meta(cfg), lora_rank=None, steps=stats["steps"])
+    return save_checkpoint({**state, "meta": meta}, out / "model.pt")
+
+
+def config_from_args(argv: list[str] | None) -> TrainConfig:
+    """Parse ``tokred train`` flags into a :class:`TrainConfig` (one flag per field)."""
+    ap = argparse.ArgumentParser(prog="tokred train", description=__doc__.splitlines()[0])
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = TrainConfig.__dataclass_fields__[f.name]
+        if f.type in ("bool", "bool | None"):
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        elif f.name in ("reducer_options", "betas"):
+            ap.add_argument(flag, type=json.loads, default=None, help="JSON, e.g. '{\"r\": 2}'")
+        else:
+            typ = {"int": int, "float": float}.get(f.type.split(" |")[0], str)
+            ap.add_argument(
+                flag,
+                type=typ,
+                default=None,
+                help=f"default: {default.default!r}" if default.default is not None else None,
+            )
+    ns = {k: v for k, v in vars(ap.parse_args(argv)).items() if v is not None}
+    return TrainConfig(**ns)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``tokred train``: fine-tune (or train from scratch) and write ``OUT/model.pt``."""
+    cfg = config_from_args(argv)
+    try:
+        stats = train(cfg)
+    finally:
+        D.cleanup()
+    if D.current().is_main and stats.get("checkpoint"):
+        print(
+            f"trained {stats['steps']} steps in {stats['wall_s']:.0f}s, loss {stats['loss']:.4f}"
+            f"; checkpoint {stats['checkpoint']}"
+        )
+    return 0
