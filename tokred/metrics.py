@@ -39,9 +39,9 @@ __all__ = [
 
 
 def _as_tensor(x: ArrayLike) -> torch.Tensor:
-    """Returns a CPU float64 tensor view/copy of ``x`` (numpy or torch)."""
-    t = torch.as_tensor(x)
-    return t.detach().to("cpu", torch.float64)
+    """CPU float32/float64 tensor of ``x`` (numpy or torch); half precision is widened."""
+    t = torch.as_tensor(x).detach().to("cpu")
+    return t if t.dtype in (torch.float32, torch.float64) else t.to(torch.float64)
 
 
 def _check(sim: torch.Tensor, caption_video: torch.Tensor) -> None:
@@ -159,7 +159,7 @@ def dual_softmax(sim: ArrayLike, temperature: float = 100.0) -> torch.Tensor:
         temperature: Logit scale applied before the softmax.
 
     Returns:
-        Re-weighted similarities ``[num_captions, num_videos]`` (float64 tensor).
+        Re-weighted similarities ``[num_captions, num_videos]`` (float tensor).
     """
     s = _as_tensor(sim)
     return s * torch.softmax(s * temperature, dim=0)

@@ -143,17 +143,21 @@ def read_msrvtt(root: Path, split: str, video_root: Path) -> Split:
     if split == "test":
         items = ((r["video_id"], video_root / f"{r['video_id']}.mp4", r["sentence"]) for r in rows)
         return _build("msrvtt/test", items, video_root)
-    ids = {r["video_id"] for r in rows}
+    ids = [r["video_id"] for r in rows]  # video order follows the split csv
     data = json.loads(_need(root / "MSRVTT_data.json", "msrvtt").read_text())
-    sents = [s for s in data["sentences"] if s["video_id"] in ids]
-    found = {s["video_id"] for s in sents}
-    if len(found) < len(ids):
+    by_video: dict[str, list[str]] = {i: [] for i in ids}
+    for s in data["sentences"]:
+        if s["video_id"] in by_video:
+            by_video[s["video_id"]].append(s["caption"])
+    empty = [i for i, c in by_video.items() if not c]
+    if empty:
         logger.warning(
-            "msrvtt/%s: %d listed videos have no caption in MSRVTT_data.json",
+            "msrvtt/%s: %d listed videos have no caption in MSRVTT_data.json, e.g. %s; skipped",
             split,
-            len(ids - found),
+            len(empty),
+            empty[:3],
         )
-    items = ((s["video_id"], video_root / f"{s['video_id']}.mp4", s["caption"]) for s in sents)
+    items = ((i, video_root / f"{i}.mp4", c) for i, cs in by_video.items() for c in cs)
     return _build(f"msrvtt/{split}", items, video_root)
 
 
