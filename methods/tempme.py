@@ -188,19 +188,19 @@ class TempMe(TokenReducer):
 
 def _clips_in(merge_frames: Sequence[int], frames: int) -> tuple[int, ...]:
     """Clips per video entering each ClipMe layer; raises if the joins do not tile ``frames``."""
-    clips, out = frames, []
+    bad = [f for f in merge_frames if not isinstance(f, int) or isinstance(f, bool) or f < 1]
+    if bad:
+        raise ValueError(f"TempMe merge_frames {list(merge_frames)}: every factor must be a "
+                         f"positive int, got {bad}")
+    clips, out, why = frames, [], ""
     for f in merge_frames:
-        if not isinstance(f, int) or isinstance(f, bool) or f < 1:
-            raise ValueError(f"TempMe merge_frames {list(merge_frames)}: every factor must be a "
-                             f"positive int, got {f!r}")
-        if clips % f:
-            raise ValueError(f"TempMe merge_frames {list(merge_frames)}: factor {f} does not divide "
-                             f"the {clips} clips present at its layer ({frames} frames)")
+        if clips % f and not why:
+            why = f" (factor {f} does not divide the {clips} clips present at its layer)"
         out.append(clips)
         clips //= f
-    if clips != 1:
-        product = math.prod(merge_frames)
+    product = math.prod(merge_frames)
+    if product != frames:
         raise ValueError(f"TempMe merge_frames {list(merge_frames)} multiply to {product} but the "
-                         f"video has {frames} frames; their product must equal T={frames} so that "
-                         f"each video ends as one sequence")
+                         f"video has {frames} frames{why}; their product must equal T={frames} "
+                         f"so that each video ends as one sequence")
     return tuple(out)
