@@ -160,7 +160,8 @@ def _train_split(cfg: TrainConfig):
 
 
 class _Memo(torch.utils.data.Dataset):
-    """Keeps each preprocessed clip after its first fetch (the caption is drawn per epoch)."""
+    """Keeps each preprocessed clip (float16) after its first fetch; the caption is drawn per
+    epoch. Every fetch, first or not, returns the float16-rounded frames (exact resumes)."""
 
     def __init__(self, base) -> None:
         self.base, self.frames = base, {}
@@ -174,9 +175,9 @@ class _Memo(torch.utils.data.Dataset):
     def __getitem__(self, v: int) -> dict:
         if v not in self.frames:
             item = self.base[v]
-            if "frames" in item:
-                self.frames[v] = item["frames"].to(torch.float16)
-            return item
+            if "frames" not in item:
+                return item  # a skipped video stays skipped
+            self.frames[v] = item["frames"].to(torch.float16)
         c = self.base.caption_for(v)
         return {
             "frames": self.frames[v].float(),
