@@ -141,13 +141,12 @@ def load_init(model: RetrievalModel, path: str, reducer: str) -> None:
     """CLIP weights from ``path`` (any layout ``load_clip_weights`` reads) + matching reducer state."""
     from .checkpoint import load_clip_weights
 
-    load_clip_weights(model.clip, path)
     obj = torch.load(path, map_location="cpu", weights_only=False)
-    if (
-        isinstance(obj, dict)
-        and obj.get("reducer")
-        and obj.get("meta", {}).get("reducer") == reducer
-    ):
+    if not (isinstance(obj, dict) and "meta" in obj):  # not a tokred model.pt
+        load_clip_weights(model.clip, path)
+        return
+    model.clip.load_state_dict(obj["model"])
+    if obj.get("reducer") and obj["meta"].get("reducer") == reducer:
         model.reducer.load_state_dict(obj["reducer"])
 
 
