@@ -154,3 +154,21 @@ def test_clip_preprocess_centre_crop() -> None:
 def test_clip_preprocess_rejects_float() -> None:
     with pytest.raises(ValueError, match="uint8 frames"):
         clip_preprocess(np.zeros((2, 8, 8, 3), np.float32), 8)
+
+
+def test_clip_preprocess_matches_pil_pipeline() -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, size=(3, 48, 80, 3), dtype=np.uint8)
+    out = clip_preprocess(frames, image_size=32)
+    ref = []
+    for f in frames:  # OpenAI CLIP: Resize(32, BICUBIC) -> CenterCrop(32) -> ToTensor -> Normalize
+        img = Image.fromarray(f).resize((53, 32), Image.BICUBIC)  # int(32 * 80 / 48) = 53
+        left = int(round((53 - 32) / 2.0))
+        ref.append(np.asarray(img)[:, left : left + 32])
+    ref = (
+        torch.tensor(np.stack(ref)).permute(0, 3, 1, 2) / 255.0
+        - torch.tensor(CLIP_MEAN)[:, None, None]
+    ) / torch.tensor(CLIP_STD)[:, None, None]
+    assert (out - ref).abs().max() <= 1.01 / 255 / min(CLIP_STD)  # within one grey level

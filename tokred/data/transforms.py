@@ -3,9 +3,9 @@
 Matches OpenAI CLIP's ``_transform``: bicubic resize of the shortest side to the model's image
 size, centre crop, scale to ``[0, 1]``, normalise with the OpenAI CLIP mean/std.
 
-Modifications: all frames of a clip are resized in one ``F.interpolate`` call on a
-``[T, 3, H, W]`` tensor instead of one PIL image at a time, with antialiasing, and the result is
-clamped to ``[0, 1]`` (bicubic overshoots); pixel values differ from PIL by a few levels.
+Modifications: all frames of a clip are resized in one call on a uint8 ``[T, 3, H, W]`` tensor
+(torchvision's antialiased bicubic, within 1 grey level of PIL) instead of one PIL image at a
+time; the float conversion happens after the crop, on ``S x S`` pixels only.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from typing import Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
+from torchvision.transforms import InterpolationMode
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -45,19 +46,13 @@ def clip_preprocess(
             f"clip_preprocess expects uint8 frames [T, H, W, 3], got {x.dtype} {tuple(x.shape)}; "
             "pass the frames returned by read_video"
         )
-    x = x.permute(0, 3, 1, 2).float().div_(255.0)  # [T, H, W, 3] -> [T, 3, H, W] in [0, 1]
-    h, w = x.shape[-2:]
-    scale = image_size / min(h, w)
-    new_h, new_w = max(image_size, round(h * scale)), max(image_size, round(w * scale))
-    if (new_h, new_w) != (h, w):
-        x = F.interpolate(
-            x, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True
-        )
-    top, left = (new_h - image_size) // 2, (new_w - image_size) // 2
-    x = x[:, :, top : top + image_size, left : left + image_size].clamp_(0.0, 1.0)  # [T, 3, S, S]
-    m = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - m) / s
+    x = x.permute(0, 3, 1, 2)  # [T, H, W, 3] -> [T, 3, H, W]
+    if min(x.shape[-2:]) != image_size:
+        x = TF.resize(x, image_size, interpolation=InterpolationMode.BICUBIC, antialias=True)
+    x = TF.center_crop(x, [image_size, image_size]).contiguous()  # [T, 3, S, S] uint8
+    m = torch.tensor(mean).view(1, 3, 1, 1) * 255.0
+    s = torch.tensor(std).view(1, 3, 1, 1) * 255.0
+    return x.float().sub_(m).div_(s)
 
 
 class ClipTransform:
