@@ -14,10 +14,10 @@ from tokred.cluster import (
     SegmentStep,
     kmedoids,
     plan_segments,
+    rows_gather,
     spectral_kmedoids,
     split_segments,
 )
-from tokred.ops import keep_tokens
 
 IntOrList = Union[int, list]
 ALGORITHMS = ("kmedoids", "spectral")
@@ -117,7 +117,7 @@ class CenterCLIP(TokenReducer):
             raise ValueError(f"centerclip: k={step.k} at layer {layer} exceeds the "
                              f"{points.shape[1]} patch tokens of a segment")
         medoids = self.select(points, step.k, join)  # [B*S, K], selected under no_grad
-        x = torch.cat([cls, keep_tokens(points, medoids)], dim=1)  # [B*S, p + K, C]
+        x = torch.cat([cls, rows_gather(points, medoids)], dim=1)  # [B*S, p + K, C]
         size = x.new_ones(x.shape[0], x.shape[1], 1)
         return s.replace(x=x, size=size, groups=step.segments)
 

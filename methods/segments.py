@@ -12,8 +12,7 @@ from typing import Union
 import torch
 
 from tokred import BackboneSpec, TokenReducer, TokenState, register_reducer
-from tokred.cluster import SegmentStep, plan_segments, split_segments
-from tokred.ops import keep_tokens
+from tokred.cluster import SegmentStep, plan_segments, rows_gather, split_segments
 
 IntOrList = Union[int, list]
 
@@ -105,7 +104,7 @@ class SparseSampling(_SegmentReducer):
             return s
         cls, points = split_segments(s.x, s.prefix, self._join(s, step))  # [B*S, p|n, C]
         idx = uniform_offsets(points.shape[1], step.k, device=points.device)
-        x = torch.cat([cls, keep_tokens(points, idx.expand(points.shape[0], -1))], dim=1)
+        x = torch.cat([cls, rows_gather(points, idx.expand(points.shape[0], -1))], dim=1)
         return s.replace(x=x, size=x.new_ones(x.shape[0], x.shape[1], 1), groups=step.segments)
 
 

@@ -99,8 +99,7 @@ def assign_points(dist: Tensor, medoids: Tensor) -> Tensor:
     medoid is a duplicate point at distance 0), so no cluster is empty.
     """
     rows, k = medoids.shape
-    to_medoids = dist.gather(1, medoids[..., None].expand(rows, k, dist.shape[2]))  # [R, K, n]
-    assign = to_medoids.argmin(dim=1)
+    assign = rows_gather(dist, medoids).argmin(dim=1)  # [R, K, n] -> [R, n]
     slots = torch.arange(k, device=dist.device).expand(rows, k)
     return assign.scatter(1, medoids, slots)
 
@@ -156,7 +155,7 @@ def kmedoids(
         while rounds < iters and bool(active.any()):
             rounds += 1
             new = update_medoids(dist, assign_points(dist, med), k)
-            shift = _rows_gather(x, new).sub_(_rows_gather(x, med)).norm(dim=-1).sum(dim=-1)
+            shift = rows_gather(x, new).sub_(rows_gather(x, med)).norm(dim=-1).sum(dim=-1)
             med = torch.where(active[:, None], new, med)  # converged rows stay frozen
             active &= shift >= threshold
         med = med.sort(dim=-1).values
@@ -209,9 +208,14 @@ def spectral_kmedoids(
     return kmedoids(q, k, distance=distance, p=p, iters=iters, threshold=threshold)
 
 
-def _rows_gather(x: Tensor, idx: Tensor) -> Tensor:
-    """``x [R, n, C]``, ``idx [R, K]`` -> ``[R, K, C]``."""
-    return x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
+def rows_gather(x: Tensor, idx: Tensor) -> Tensor:
+    """``x [R, n, ...]``, ``idx [R, K]`` -> ``[R, K, ...]``; differentiable in ``x``.
+
+    Flat row indexing: several times faster on CPU than ``gather`` with an expanded index.
+    """
+    rows, n = x.shape[:2]
+    flat = idx + torch.arange(rows, device=idx.device)[:, None] * n  # [R, K]
+    return x.flatten(0, 1)[flat]
 
 
 # --- segment layout shared by the segment-level reducers (CenterCLIP, pooling, sparse) ---
