@@ -38,6 +38,31 @@ log = logging.getLogger(__name__)
 TIMM_PREFIX = "timm:"
 
 
+# Paper settings per backbone (ALGORITHMS.md); a registered reducer not listed runs its defaults.
+PAPER_CONFIGS: dict[str, dict[str, list[dict]]] = {
+    "ViT-B-32": {"tome": [{"r": 2}], "centerclip": [{}, {"segments": 3}], "tempme": [{}]},
+    "ViT-B-16": {"tome": [{"r": 10}], "centerclip": [{"k": 160}],
+                 "tempme": [{"r": 2}, {"r": 10}]},
+    "timm:vit_base_patch16_224": {"tome": [{"r": 16}]},
+}
+
+
+def paper_reducers(model: str) -> list[tuple[str, dict]]:
+    """``none`` first, then every registered reducer at the paper settings for ``model``.
+
+    timm models run in image mode, where only ``none`` and ``tome`` apply.
+    """
+    from ..registry import list_reducers
+
+    table = PAPER_CONFIGS.get(model, {})
+    names = ["tome"] if model.startswith(TIMM_PREFIX) else list_reducers()
+    out = [("none", {})]
+    for name in names:
+        if name != "none":
+            out += [(name, dict(o)) for o in table.get(name, [{}])]
+    return out
+
+
 class LoRAUnavailable(RuntimeError):
     """LoRA cannot be applied to this model (no tokred.lora, or not an open_clip tower)."""
 
@@ -400,10 +425,11 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    specs = [parse_reducer(s) for s in a.reducers]
     records = []
     for model in a.models:
         frames = a.timm_frames if model.startswith(TIMM_PREFIX) else a.frames
+        specs = (paper_reducers(model) if a.reducers == ["paper"]
+                 else [parse_reducer(s) for s in a.reducers])
         for name, opts in specs:
             try:
                 rec = measure(
