@@ -131,24 +131,25 @@ class TempMe(TokenReducer):
                              f"groups of {f}")
         r0 = min(int(s.tokens * f * self.cross), (s.tokens - s.prefix) * f // 2)
         prefix = s.prefix * f
-        x = s.x
-        match = None
-        if r0 > 0:  # metric: the block's input hidden states, joined like x
-            match = bipartite_match(join_groups(s.x.detach(), s.prefix, f), r0, prefix)
-        if match is not None and self.frame_pos:
-            x = self._add_temporal(s, stage)
-        x = join_groups(x, s.prefix, f)  # [B*G, N, C] -> [B*G/f, f*N, C]
+        x = join_groups(s.x, s.prefix, f)  # [B*G, N, C] -> [B*G/f, f*N, C]
         size = join_groups(s.size, s.prefix, f)
+        # metric: the block's input hidden states (bipartite_match detaches them)
+        match = bipartite_match(x, r0, prefix) if r0 > 0 else None
+        if match is not None and self.frame_pos:
+            emb = self._temporal_joined(s, stage, f).to(x.dtype)  # [G/f, f*N, C]
+            x = (x.view(s.batch, -1, *x.shape[1:]) + emb).flatten(0, 1)  # broadcast over B
         x, size = merge_wavg(match, x, size)
         return s.replace(x=x, size=size, groups=s.groups // f, prefix=prefix)
 
-    def _add_temporal(self, s: TokenState, stage: int) -> Tensor:
-        emb = self.temporal[stage]  # [1, clips, 1, C]
+    def _temporal_joined(self, s: TokenState, stage: int, f: int) -> Tensor:
+        """The stage's per-clip embedding laid out like one video's joined rows ``[G/f, f*N, C]``."""
+        emb = self.temporal[stage]  # [1, G, 1, C]
         if emb.shape[1] != s.groups:
             raise RuntimeError(f"TempMe temporal embedding {stage} is set up for {emb.shape[1]} "
                                f"clips but the state has {s.groups}; call setup() for this T")
-        x = s.x.view(s.batch, s.groups, s.tokens, -1)  # [B*G, N, C] -> [B, G, N, C]
-        return (x + emb.to(x.dtype)).flatten(0, 1)
+        clip = torch.arange(s.groups, device=emb.device)[:, None, None]  # [G, 1, 1]
+        clip = join_groups(clip.expand(-1, s.tokens, 1), s.prefix, f)[..., 0]  # [G/f, f*N]
+        return emb[0, clip, 0]  # [G/f, f*N, C]
 
     def post_attn(self, s: TokenState, layer: int, keys: Tensor) -> TokenState:
         r = self.r if layer < self._first_clipme else self.after_attn(s.tokens, s.prefix)
