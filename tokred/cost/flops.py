@@ -47,7 +47,8 @@ ELEMENTWISE = frozenset({
     "aten::linalg_vector_norm", "aten::norm", "aten::frobenius_norm", "aten::mean", "aten::sum",
     "aten::layer_norm", "aten::abs", "aten::square", "aten::lt", "aten::le", "aten::ne",
     "aten::min", "aten::amin", "aten::amax", "aten::argmin", "aten::argmax", "aten::cumsum",
-    "aten::quick_gelu", "aten::erf", "aten::fill_", "aten::any", "aten::all",
+    "aten::quick_gelu", "aten::erf", "aten::fill_", "aten::any", "aten::all", "aten::sub_",
+    "aten::minimum", "aten::maximum", "aten::max_other", "aten::clamp_", "aten::masked_fill_",
 })
 # Data movement and bookkeeping: no arithmetic.
 NO_ARITHMETIC = frozenset({
@@ -59,6 +60,7 @@ NO_ARITHMETIC = frozenset({
     "aten::flip", "aten::repeat_interleave", "aten::_unique2", "aten::unique_dim",
     "aten::diagonal", "aten::fill_diagonal_", "aten::eye", "aten::sign", "aten::floor",
     "aten::tensor", "aten::scalar_tensor", "aten::logical_not", "aten::logical_and",
+    "aten::__iand__", "aten::__ior__", "aten::__or__", "aten::__xor__", "aten::logical_or",
 })
 
 
