@@ -32,6 +32,7 @@ __all__ = [
     "t2v_ranks",
     "v2t_ranks",
     "rank_summary",
+    "twin_accuracy",
     "dual_softmax",
     "save_similarity",
     "load_similarity",
@@ -145,6 +146,33 @@ def retrieval_metrics(
     out.update(rank_summary(v2t_ranks(sim, caption_video, chunk), "v2t"))
     out["rsum"] = sum(out[f"{d}_R@{k}"] for d in ("t2v", "v2t") for k in RECALL_KS)
     return out
+
+
+def twin_accuracy(sim: ArrayLike, pairs: list[tuple[int, int]], tol: float = 1e-5) -> float:
+    """How often a twin caption prefers its own video over the time-reversed twin.
+
+    Rule: for each pair ``(i, j)`` (caption i <-> video i, as in the synthetic test split) each
+    caption scores 1 if its own video is more similar by more than ``tol``, 0 if less, and 0.5
+    for a tie within ``tol``. An order-blind model (mean pooling of per-frame features) sees
+    identical twins, ties on every caption and scores exactly 0.5; ``tol`` absorbs float
+    summation-order noise.
+
+    Args:
+        sim: Similarities ``[num_captions, num_videos]`` of the test split.
+        pairs: Twin pairs, e.g. ``tokred.data.synth.load_meta(dir).twin_pairs``.
+        tol: Tie tolerance on similarity differences.
+
+    Returns:
+        Accuracy in ``[0, 1]`` (nan without pairs).
+    """
+    s = torch.as_tensor(sim, dtype=torch.float64)
+    if not pairs:
+        return float("nan")
+    p = torch.as_tensor(pairs, dtype=torch.long)
+    i, j = torch.cat([p[:, 0], p[:, 1]]), torch.cat([p[:, 1], p[:, 0]])
+    margin = s[i, i] - s[i, j]  # [2P] own minus twin
+    score = torch.where(margin.abs() <= tol, 0.5, (margin > 0).double())
+    return float(score.mean())
 
 
 def dual_softmax(sim: ArrayLike, temperature: float = 100.0) -> torch.Tensor:

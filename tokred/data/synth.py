@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
-import torch
+
+from tokred.metrics import twin_accuracy
 
 logger = logging.getLogger(__name__)
 
@@ -411,35 +412,6 @@ def load_meta(out_dir: Union[str, Path]) -> SynthMeta:
     return SynthMeta(
         [t["type"] for t in meta["test"]], [tuple(p) for p in meta["twin_pairs"]], meta["config"]
     )
-
-
-def twin_accuracy(
-    sim: Union[np.ndarray, torch.Tensor], pairs: list[tuple[int, int]], tol: float = 1e-5
-) -> float:
-    """How often a twin caption prefers its own video over the time-reversed twin.
-
-    Rule: for each pair ``(i, j)`` (caption i <-> video i, as in the synthetic test split) each
-    caption scores 1 if its own video is more similar by more than ``tol``, 0 if less, and 0.5
-    for a tie within ``tol``. An order-blind model (mean pooling of per-frame features) sees
-    identical twins, ties on every caption and scores exactly 0.5; ``tol`` absorbs float
-    summation-order noise.
-
-    Args:
-        sim: Similarities ``[num_captions, num_videos]`` of the test split.
-        pairs: Twin pairs from :func:`load_meta`.
-        tol: Tie tolerance on similarity differences.
-
-    Returns:
-        Accuracy in ``[0, 1]`` (nan without pairs).
-    """
-    s = torch.as_tensor(sim, dtype=torch.float64)
-    if not pairs:
-        return float("nan")
-    p = torch.as_tensor(pairs, dtype=torch.long)
-    i, j = torch.cat([p[:, 0], p[:, 1]]), torch.cat([p[:, 1], p[:, 0]])
-    margin = s[i, i] - s[i, j]  # [2P] own minus twin
-    score = torch.where(margin.abs() <= tol, 0.5, (margin > 0).double())
-    return float(score.mean())
 
 
 def main(argv: Optional[list[str]] = None) -> int:
