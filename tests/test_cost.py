@@ -14,6 +14,7 @@ from tokred.cost import (
     activation_bytes,
     fvcore_video_macs,
     inference_throughput,
+    interleaved_throughput,
     time_calls,
     train_step_time,
     visual_macs,
@@ -226,6 +227,16 @@ def test_inference_throughput_bookkeeping():
     assert all(t.spread == 0.0 and len(t.times) == 3 for t in out.values())
     assert enc.calls == [(1, False, True)] * 4 + [(4, False, True)] * 4
     assert enc.training  # mode restored
+
+
+def test_interleaved_rounds_pool_samples_and_alternate():
+    clock = FakeClock()
+    a, b = FakeEncoder(clock, 1.0), FakeEncoder(clock, 2.0)
+    out = interleaved_throughput({"a": a, "b": b}, 2, (2,), rounds=3, warmup=1, repeats=2,
+                                 clock=clock)
+    assert out["a"][2].times == [2.0] * 6 and out["b"][2].times == [4.0] * 6
+    assert out["a"][2].per_second == 1.0 and out["b"][2].per_second == 0.5
+    assert len(a.calls) == len(b.calls) == 3 * 3
 
 
 def test_train_step_time_trains_and_times():

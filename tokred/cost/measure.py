@@ -30,6 +30,7 @@ from .throughput import (
     environment,
     fixed_video,
     inference_throughput,
+    interleaved_throughput,
     make_train_step,
     train_step_time,
 )
@@ -326,9 +327,7 @@ def measure(
         t = inference_throughput(
             built.encoder, frames, batch_sizes, warmup, repeats, device, precision
         )
-        rec["videos_per_s"] = {str(b): v.per_second for b, v in t.items()}
-        rec["videos_per_s_spread"] = {str(b): v.spread for b, v in t.items()}
-        rec["timings"] = {str(b): v.to_dict() for b, v in t.items()}
+        _put_speed(rec, t)
     if activation:
         rec.update(
             activation_record(model_name, reducer_name, options, frames, precision, device, built)
@@ -393,8 +392,6 @@ def _f(v: float | None, width: int, digits: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..bench import parse_reducer
-
     p = argparse.ArgumentParser(prog="tokred measure", description=__doc__.splitlines()[0])
     p.add_argument(
         "--models",
@@ -406,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
         "--reducers",
         nargs="+",
         default=["none", "tome:r=2"],
-        help="reducer specs name:key=value,... (YAML values)",
+        help="reducer specs name:key=value,... (YAML values), or 'paper': every registered "
+        "reducer at its paper settings for each model",
     )
     p.add_argument("--frames", type=int, default=12)
     p.add_argument("--timm-frames", type=int, default=1, help="frames for timm: models")
@@ -422,41 +420,55 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-step", action="store_true", help="also time a training step")
     p.add_argument("--train-batch", type=int, default=2)
     p.add_argument("--out", help="append one JSON line per record to this file")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="> 1: time all reducers of a model in interleaved rounds (shared CPU)")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     records = []
     for model in a.models:
-        frames = a.timm_frames if model.startswith(TIMM_PREFIX) else a.frames
-        specs = (paper_reducers(model) if a.reducers == ["paper"]
-                 else [parse_reducer(s) for s in a.reducers])
-        for name, opts in specs:
-            try:
-                rec = measure(
-                    model,
-                    name,
-                    opts,
-                    frames,
-                    batch_sizes=a.batch_sizes,
-                    repeats=a.repeats,
-                    warmup=a.warmup,
-                    precision=a.precision,
-                    device=a.device,
-                    fvcore=not a.skip_fvcore,
-                    activation=not a.skip_memory,
-                    rss=a.rss,
-                    train_step=a.train_step,
-                    train_batch=a.train_batch,
-                )
-            except (ImportError, ValueError, TypeError, KeyError) as err:
-                print(f"skipped {model} {name} {opts}: {err}")
-                continue
-            records.append(rec)
-            if a.out:
-                with open(a.out, "a") as f:
-                    f.write(json.dumps(rec) + "\n")
-            print(f"measured {model} {name} {opts}: {rec['gmacs']:.2f} GMACs", flush=True)
+        records += _measure_model(model, a)
     if records:
         print(f"\n{records[0]['env']}\n")
         print(_table(records, a.batch_sizes))
     return 0 if records else 1
+
+
+def _measure_model(model: str, a: argparse.Namespace) -> list[dict]:
+    """All reducer records of one model; speed interleaved over rounds when asked."""
+    from ..bench import parse_reducer
+
+    frames = a.timm_frames if model.startswith(TIMM_PREFIX) else a.frames
+    specs = (paper_reducers(model) if a.reducers == ["paper"]
+             else [parse_reducer(s) for s in a.reducers])
+    records = []
+    for name, opts in specs:
+        try:
+            rec = measure(model, name, opts, frames, batch_sizes=a.batch_sizes,
+                          repeats=a.repeats, warmup=a.warmup, precision=a.precision,
+                          device=a.device, fvcore=not a.skip_fvcore,
+                          activation=not a.skip_memory, rss=a.rss, train_step=a.train_step,
+                          train_batch=a.train_batch, speed=a.rounds <= 1)
+        except (ImportError, ValueError, TypeError, KeyError) as err:
+            print(f"skipped {model} {name} {opts}: {err}")
+            continue
+        records.append(rec)
+        print(f"measured {model} {name} {opts}: {rec['gmacs']:.2f} GMACs", flush=True)
+    if a.rounds > 1 and records:
+        encoders = {i: build(model, r["reducer"], r["options"], frames, device=a.device).encoder
+                    for i, r in enumerate(records)}
+        timings = interleaved_throughput(encoders, frames, a.batch_sizes, a.rounds, a.warmup,
+                                         a.repeats, a.device, a.precision)
+        for i, rec in enumerate(records):
+            _put_speed(rec, timings[i])
+            rec["speed_rounds"] = a.rounds
+    if a.out:
+        with open(a.out, "a") as f:
+            f.writelines(json.dumps(rec) + "\n" for rec in records)
+    return records
+
+
+def _put_speed(rec: dict, timings: dict) -> None:
+    rec["videos_per_s"] = {str(b): v.per_second for b, v in timings.items()}
+    rec["videos_per_s_spread"] = {str(b): v.spread for b, v in timings.items()}
+    rec["timings"] = {str(b): v.to_dict() for b, v in timings.items()}

@@ -213,3 +213,32 @@ def train_step_time(
                           clock=clock)
     finally:
         encoder.train(was_training)
+
+
+def interleaved_throughput(
+    encoders: dict[str, torch.nn.Module],
+    frames: dict[str, int] | int,
+    batch_sizes: Sequence[int] = (1, 4),
+    rounds: int = 3,
+    warmup: int = 1,
+    repeats: int = 3,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, dict[int, Timing]]:
+    """Throughput of several encoders measured in interleaved rounds (for a shared machine).
+
+    Each round times every encoder in turn (``warmup`` discarded calls, then ``repeats``), so a
+    burst of load from other processes hits all of them alike instead of one; the timed samples
+    of all rounds are pooled into one :class:`Timing` per encoder and batch size.
+    """
+    pooled: dict[str, dict[int, list[float]]] = {k: {b: [] for b in batch_sizes} for k in encoders}
+    for _ in range(rounds):
+        for key, enc in encoders.items():
+            t = frames[key] if isinstance(frames, dict) else frames
+            out = inference_throughput(enc, t, batch_sizes, warmup, repeats, device, precision,
+                                       clock)
+            for b, timing in out.items():
+                pooled[key][b] += timing.times
+    return {k: {b: Timing(times=v, warmup=warmup * rounds, items=b) for b, v in per.items()}
+            for k, per in pooled.items()}
