@@ -24,7 +24,7 @@ from torch import nn
 from ..encoder import Trace, VideoEncoder
 from ..registry import create_reducer
 from .analytic import text_macs, visual_macs
-from .memory import MB, activation_per_video, module_tensors, peak_rss_mb
+from .memory import MB, activation_per_video, cuda_peak_mb, module_tensors, peak_rss_mb
 from .throughput import (
     autocast,
     environment,
@@ -285,6 +285,27 @@ def rss_record(
     return out
 
 
+def cuda_record(built: Built, frames: int, batch: int, precision: str, device: str) -> dict:
+    """Peak allocated CUDA memory of inference and of a training step (full fine-tuning)."""
+    enc = built.encoder
+    video = fixed_video(batch, frames, enc.backbone.spec.image_size, device)
+
+    def infer() -> None:
+        with torch.inference_mode(), autocast(device, precision):
+            enc.eval()(video)
+
+    step = make_train_step(enc, video, precision)
+
+    def train() -> None:
+        enc.train()
+        step()
+        enc.eval()
+
+    peaks = cuda_peak_mb({"infer": infer, "train": train}, device)
+    return {"cuda_batch": batch, **{f"cuda_peak_mb_{k}": v["peak_mb"] for k, v in peaks.items()},
+            **{f"cuda_base_mb_{k}": v["base_mb"] for k, v in peaks.items()}}
+
+
 def measure(
     model_name: str,
     reducer_name: str,
@@ -332,7 +353,9 @@ def measure(
         rec.update(
             activation_record(model_name, reducer_name, options, frames, precision, device, built)
         )
-    if rss:
+    if rss and torch.device(device).type == "cuda":
+        rec.update(cuda_record(built, frames, train_batch, precision, device))
+    elif rss:
         rec.update(rss_record(model_name, reducer_name, options, frames, train_batch, precision))
     if train_step:
         t = train_step_time(
@@ -416,7 +439,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, help="torch.set_num_threads (recorded in env)")
     p.add_argument("--skip-fvcore", action="store_true")
     p.add_argument("--skip-memory", action="store_true", help="no activation memory")
-    p.add_argument("--rss", action="store_true", help="peak RSS in fresh subprocesses (slow)")
+    p.add_argument("--rss", action="store_true",
+                   help="peak RSS in fresh subprocesses (slow); on CUDA, peak allocated memory")
+    p.add_argument("--skip-speed", action="store_true", help="no inference throughput")
     p.add_argument("--train-step", action="store_true", help="also time a training step")
     p.add_argument("--train-batch", type=int, default=2)
     p.add_argument("--out", help="append one JSON line per record to this file")
@@ -448,13 +473,14 @@ def _measure_model(model: str, a: argparse.Namespace) -> list[dict]:
                           repeats=a.repeats, warmup=a.warmup, precision=a.precision,
                           device=a.device, fvcore=not a.skip_fvcore,
                           activation=not a.skip_memory, rss=a.rss, train_step=a.train_step,
-                          train_batch=a.train_batch, speed=a.rounds <= 1)
+                          train_batch=a.train_batch,
+                          speed=a.rounds <= 1 and not a.skip_speed)
         except (ImportError, ValueError, TypeError, KeyError) as err:
             print(f"skipped {model} {name} {opts}: {err}")
             continue
         records.append(rec)
         print(f"measured {model} {name} {opts}: {rec['gmacs']:.2f} GMACs", flush=True)
-    if a.rounds > 1 and records:
+    if a.rounds > 1 and records and not a.skip_speed:
         encoders = {i: build(model, r["reducer"], r["options"], frames, device=a.device).encoder
                     for i, r in enumerate(records)}
         timings = interleaved_throughput(encoders, frames, a.batch_sizes, a.rounds, a.warmup,
