@@ -28,6 +28,7 @@ import argparse
 import csv
 import json
 import logging
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
@@ -312,7 +313,9 @@ def _encode_all(items: list[tuple[str, Scene]], cfg: SynthConfig) -> None:
         for job in jobs:
             _write_videos(job)
         return
-    with ProcessPoolExecutor(cfg.workers, mp_context=get_context("spawn")) as pool:
+    # fork on Linux: workers only run numpy and PyAV, and skip re-importing torch (seconds each)
+    ctx = get_context("fork" if sys.platform == "linux" else "spawn")
+    with ProcessPoolExecutor(cfg.workers, mp_context=ctx) as pool:
         list(pool.map(_write_videos, jobs))
 
 
