@@ -197,12 +197,22 @@ def _cost_trials(loc: Located) -> list[Trial]:
             "repeats": int(merged.get("repeats", 3)),
             "warmup": int(merged.get("warmup", 1)),
             "memory": bool(merged.get("memory", True)),
+            "fvcore": bool(merged.get("fvcore", True)),
         }
         where = at + ("reducers",) if "reducers" in run else ("cost", "reducers")
         for name, options, line in reducer_points(loc, where):
             check_reducer(name, options, base["backbone"], base["frames"], line, ConfigError)
             trials.append(make_trial("cost", {**base, "reducer": name, "options": options}))
     return trials
+
+
+def _recipe_keys() -> dict[str, str]:
+    try:
+        from .quality import recipe_keys
+
+        return recipe_keys()
+    except ImportError:  # tokred.train missing: check against the documented subset
+        return RECIPE_KEYS
 
 
 def _quality_trials(loc: Located) -> list[Trial]:
@@ -213,7 +223,7 @@ def _quality_trials(loc: Located) -> list[Trial]:
     _check_keys(loc, ("quality", "data"), data, DATA_KEYS, "'quality.data'", ConfigError)
     for part in ("base", "finetune"):
         if part in sec:
-            _check_keys(loc, ("quality", part), sec[part] or {}, RECIPE_KEYS,
+            _check_keys(loc, ("quality", part), sec[part] or {}, _recipe_keys(),
                         f"'quality.{part}' recipe", ConfigError)
     check_data_paths(loc, sec, ConfigError)
     modes = sec.get("modes", ["training_free", "finetuned"])

@@ -21,8 +21,9 @@ from .tables import RANK_COLS, cost_frame, load_published, published_for, qualit
 
 log = logging.getLogger(__name__)
 
-COST_COLS = ["setting", "GMACs", "GMACs %", "reducer GMACs", "tokens out", "act. MiB/video",
-             "memory %", "ms/video", "videos/s", "speed-up", "trainable params"]
+COST_COLS = ["setting", "GMACs", "fvcore GMACs", "GMACs %", "reducer GMACs", "tokens out",
+             "act. MiB/video", "memory %", "ms/video", "videos/s", "speed-up",
+             "trainable params", "trainable (LoRA)"]
 QUALITY_COLS = ["data", "setting", "MeM act. MiB/video", "ms/video", *RANK_COLS, "R-Sum",
                 "GMACs", "tokens out", "trainable params", "twin acc."]
 GMACS_NOTE = ("GMACs = 10^9 multiply-accumulates of the visual tower per video, counted "
@@ -121,6 +122,9 @@ def write_report(inputs: list[str | Path], out: str | Path, config=None) -> Path
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     records = list(load_results(inputs).values())
+    if config is not None:  # only the trials of this config (a results file may hold older ones)
+        ids = {t.id for t in config.trials}
+        records = [r for r in records if r["id"] in ids]
     pubs = load_published()
     cost, quality = cost_frame(records), quality_frame(records)
     name = getattr(config, "name", None) or Path(inputs[0]).name

@@ -23,6 +23,7 @@ RUN_KEYS = {
     "repeats": "timed repeats per batch size (median reported)",
     "warmup": "discarded warm-up calls per batch size",
     "memory": "also measure activation memory of one training step (true/false)",
+    "fvcore": "cross-check the analytic GMACs with fvcore (true/false; a few seconds each)",
     "reducers": "list of reducers: name or {name, options, sweep}",
 }
 COST_KEYS = {**{k: v for k, v in RUN_KEYS.items() if k != "backbone"},

@@ -23,6 +23,26 @@ def _fmt(v) -> str:
     return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
 
+def normalise_measure(rec: dict) -> dict:
+    """Add the sweep's flat keys to a ``tokred.cost.measure`` record (its keys are kept)."""
+    out = dict(rec)
+    timings = rec.get("timings", {})
+    out["throughput"] = {b: {"videos_per_s": t["per_second"],
+                             "ms_per_video": 1000 * t["median_s"] / t["items"],
+                             "spread": t["spread"], "times_s": t["times"]}
+                         for b, t in timings.items()}
+    if out["throughput"]:
+        best = max(out["throughput"].values(), key=lambda r: r["videos_per_s"])
+        out["videos_per_s"], out["ms_per_video"] = best["videos_per_s"], best["ms_per_video"]
+        out["videos_per_s_by_batch"] = rec.get("videos_per_s")
+    out["reducer_gmacs"] = rec.get("reducer_work_gmacs", 0.0)
+    out["activation_mib"] = rec.get("activation_mb_per_video_full")  # MB = 2**20 bytes there
+    out["activation_lora_mib"] = rec.get("activation_mb_per_video_lora")
+    out["trainable_params_lora"] = rec.get("trainable_params_lora")
+    out["cost_backend"] = "tokred.cost.measure"
+    return out
+
+
 def cost_frame(records: list[dict]) -> pd.DataFrame:
     """One row per finished cost trial, with ratios to ``none`` on the same backbone and T."""
     rows = []
@@ -30,6 +50,8 @@ def cost_frame(records: list[dict]) -> pd.DataFrame:
         if r.get("kind") != "cost" or r.get("status") != "ok":
             continue
         s, m = r["settings"], r["metrics"]
+        if "ms_per_video" not in m and "timings" in m:
+            m = normalise_measure(m)
         rows.append({
             "id": r["id"], "backbone": s["backbone"], "weights": s.get("weights", "random"),
             "frames": s["frames"], "reducer": s["reducer"], "options": s["options"],
@@ -37,7 +59,9 @@ def cost_frame(records: list[dict]) -> pd.DataFrame:
             "reducer GMACs": m.get("reducer_gmacs", 0.0), "tokens out": m["tokens_out"],
             "act. MiB/video": m.get("activation_mib", math.nan),
             "ms/video": m["ms_per_video"], "videos/s": m["videos_per_s"],
+            "fvcore GMACs": m.get("fvcore_gmacs", math.nan),
             "trainable params": m.get("trainable_params", 0),
+            "trainable (LoRA)": m.get("trainable_params_lora"),
             "attn_tokens": m.get("attn_tokens", []),
         })
     df = pd.DataFrame(rows)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from .config import Trial
+from .tables import normalise_measure
 
 log = logging.getLogger(__name__)
 
@@ -81,19 +82,13 @@ def _backbone(name: str, weights: str, ctx: Context):
 def cost_trial(s: dict, ctx: Context) -> dict:
     """GMACs, tokens, throughput and activation memory of one reducer setting."""
     try:
-        from tokred.cost.measure import measure  # noqa: F401  (issue 5, when landed)
-    except ImportError:
-        measure = None
-    if measure is not None:
-        return _cost_via_measure(measure, s, ctx)
-    return _cost_direct(s, ctx)
-
-
-def _cost_via_measure(measure, s: dict, ctx: Context) -> dict:
+        from tokred.cost.measure import measure
+    except ImportError:  # older library: compute the same quantities here
+        return _cost_direct(s, ctx)
     rec = measure(s["backbone"], s["reducer"], s["options"], s["frames"],
                   batch_sizes=s["batch_sizes"], repeats=s["repeats"], warmup=s["warmup"],
-                  device=ctx.device)
-    return dict(rec)
+                  device=ctx.device, fvcore=s.get("fvcore", True), activation=s["memory"])
+    return normalise_measure(rec)
 
 
 def _cost_direct(s: dict, ctx: Context) -> dict:
@@ -155,12 +150,17 @@ def activation_mib(enc, frames: int, size: int) -> float:
         return t
 
     video = torch.randn(1, frames, 3, size, size)
+    flags = [(p, p.requires_grad) for p in enc.parameters()]
     with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         enc.train()
         try:
+            for p, _ in flags:
+                p.requires_grad_(True)
             enc(video).sum()
         finally:
             enc.eval()
+            for p, flag in flags:
+                p.requires_grad_(flag)
     return total / 2**20
 
 

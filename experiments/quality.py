@@ -1,0 +1,149 @@
+"""Quality trials: retrieval metrics of a reducer, training-free and after fine-tuning.
+
+Shared steps are cached in the sweep's output dir (``cache/data-*``, ``cache/base-*``): the
+synthetic benchmark is generated once and the base model (reducer ``none``) trained once; each
+trial then evaluates the base model with its reducer inserted (training-free) or fine-tunes it
+with the reducer first (``finetuned``). All library calls go through this file.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .cache import cached_step
+
+log = logging.getLogger(__name__)
+
+# TrainConfig fields the sweep sets itself (a recipe may set every other field).
+MANAGED = {"data", "root", "split", "video_root", "out", "model", "pretrained", "init",
+           "reducer", "reducer_options", "frames"}
+
+
+def recipe_keys() -> dict[str, str]:
+    """Keys a ``base:`` / ``finetune:`` recipe may use: TrainConfig fields + eval_batch_size."""
+    from tokred.train import TrainConfig
+
+    keys = {f.name: f"tokred.train.TrainConfig.{f.name}" for f in fields(TrainConfig)
+            if f.name not in MANAGED}
+    keys["eval_batch_size"] = "videos per evaluation batch"
+    return keys
+
+
+def data_dir(data: dict, ctx) -> Path:
+    """The dataset directory: MSR-VTT root as given, or the synthetic benchmark (cached)."""
+    if data.get("kind", "synth") == "msrvtt":
+        return Path(data["root"])
+    from tokred.data import SynthConfig, generate
+
+    opts = dict(data.get("synth") or {})
+    if "test_mix" in opts:
+        opts["test_mix"] = tuple(opts["test_mix"])
+    cfg = SynthConfig(**opts)
+    return cached_step(ctx.cache, "data", {"synth": opts}, lambda d: str(generate(d, cfg)))
+
+
+def _train_config(settings: dict, recipe: dict, root: Path, out: Path, **kw):
+    from tokred.train import TrainConfig
+
+    recipe = {k: v for k, v in recipe.items() if k != "eval_batch_size"}
+    return TrainConfig(data="msrvtt", root=str(root), split="train", out=str(out),
+                       model=settings["model"], frames=settings["frames"],
+                       seed=settings.get("seed", 0), **{**recipe, **kw})
+
+
+def base_checkpoint(key: dict, ctx) -> Path:
+    """The base model: pretrained weights as given, or trained once on the data (cached)."""
+    if key.get("weights"):
+        return Path(key["weights"])
+    root = data_dir(key["data"], ctx)
+
+    def build(tmp: Path) -> dict:
+        from tokred.train import train
+
+        stats = train(_train_config(key, key.get("base") or {}, root, tmp, reducer="none"))
+        return {k: v for k, v in stats.items() if k not in ("checkpoint", "last")}
+
+    return cached_step(ctx.cache, "base", key, build) / "model.pt"
+
+
+def _split(settings: dict, root: Path, ctx, image_size: int):
+    """Test split, synthetic meta and decoded videos (decoded once per sweep process)."""
+    from tokred.data import load_meta, load_split
+    from tokred.evaluate import load_videos
+
+    key = ("videos", str(root), settings["split"], settings["frames"], image_size)
+    if key not in ctx.models:
+        split = load_split("msrvtt", root, settings["split"])
+        meta = load_meta(root) if settings["data"].get("kind", "synth") == "synth" else None
+        ctx.models[key] = (split, meta, load_videos(split, settings["frames"], image_size))
+    return ctx.models[key]
+
+
+def quality_trial(s: dict, ctx) -> dict:
+    """Evaluate reducer ``s['reducer']`` on the base model, training-free or fine-tuned."""
+    from tokred.evaluate import evaluate, load_model
+    from tokred.retrieval import build_model
+
+    key = {"model": s["model"], "weights": s.get("weights"), "frames": s["frames"],
+           "data": s["data"], "base": s["base"]}
+    base = base_checkpoint(key, ctx)
+    root = data_dir(s["data"], ctx)
+    extra: dict[str, Any] = {}
+    if s["mode"] == "finetuned":
+        from tokred.train import train
+
+        run = ctx.out / "trials" / _trial_dir(s)
+        cfg = _train_config(s, s["finetune"], root, run, init=str(base), reducer=s["reducer"],
+                            reducer_options=s["options"])
+        stats = train(cfg)
+        extra = {"train_s": stats.get("wall_s"), "train_steps": stats.get("steps"),
+                 "train_loss": stats.get("loss"),
+                 "trainable_params": stats.get("trainable_params", _trainable(cfg))}
+        model = load_model(stats["checkpoint"])
+    elif s.get("weights"):
+        model = build_model(s["model"], s["reducer"], s["options"], s["frames"], s["weights"]).eval()
+    else:
+        model = load_model(base, s["reducer"], s["options"], s["frames"])
+    split, meta, videos = _split(s, root, ctx, model.video.backbone.spec.image_size)
+    res = evaluate(model, split, videos=videos, synth_meta=meta, frames=s["frames"],
+                   batch_size=int((s.get("finetune") or s["base"]).get("eval_batch_size", 64)))
+    res.update(extra)
+    res.update(encoder_cost(model.video, videos))
+    res.setdefault("trainable_params", 0)
+    return res
+
+
+def _trial_dir(s: dict) -> str:
+    from .records import trial_id
+
+    return trial_id(s)
+
+
+def _trainable(cfg) -> int:
+    from tokred.train import build_for_training
+
+    model = build_for_training(cfg, "cpu")
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def encoder_cost(enc, videos: torch.Tensor, batch: int = 4) -> dict:
+    """GMACs, tokens out, activation memory and inference speed of the evaluated encoder."""
+    from tokred.cost.analytic import gmacs
+    from tokred.cost.throughput import time_calls
+
+    from .trials import activation_mib
+
+    frames = videos.shape[1]
+    trace = enc.trace(frames)
+    clip = videos[:batch].float()
+    with torch.inference_mode():
+        t = time_calls(lambda: enc(clip), items=clip.shape[0], warmup=1, repeats=3)
+    return {"gmacs": gmacs(trace), "tokens_out": trace.tokens_out,
+            "attn_tokens": trace.attn_tokens(), "videos_per_s": t.per_second,
+            "ms_per_video": 1000 * t.median / clip.shape[0],
+            "activation_mib": activation_mib(enc, frames, enc.spec.image_size)}
