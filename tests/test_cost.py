@@ -110,6 +110,28 @@ def test_fused_mha_and_sdpa_are_counted(clip_b32):
     assert plain_total < 0.7 * ours.macs  # the 35.4-vs-52.9 trap, per image
 
 
+def test_text_tower_analytic_equals_fvcore(clip_b32):
+    """Per caption: 12 blocks at 512 wide (+ the EOT projection), nothing else multiplies."""
+    from tokred.cost.flops import count_macs
+    from tokred.cost.measure import text_gmacs
+
+    class Text(nn.Module):
+        def __init__(self, clip):
+            super().__init__()
+            self.clip = clip
+
+        def forward(self, tokens):
+            return self.clip.encode_text(tokens)
+
+    tokens = torch.randint(1, 1000, (2, 77))
+    tokens[:, 9] = 49407  # EOT: the pooled position
+    with torch.inference_mode():
+        c = count_macs(Text(clip_b32), (tokens,))
+    per_caption = 12 * (4 * 77 * 512**2 + 2 * 77**2 * 512 + 8 * 77 * 512**2) + 512 * 512
+    assert c.macs == 2 * per_caption and c.unaccounted == {}
+    assert text_gmacs(clip_b32, 77) * 1e9 == pytest.approx(per_caption, rel=1e-12)
+
+
 def test_sdpa_handle_on_a_hand_made_graph():
     from tokred.cost.flops import count_macs
 

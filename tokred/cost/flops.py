@@ -61,6 +61,7 @@ NO_ARITHMETIC = frozenset({
     "aten::diagonal", "aten::fill_diagonal_", "aten::eye", "aten::sign", "aten::floor",
     "aten::tensor", "aten::scalar_tensor", "aten::logical_not", "aten::logical_and",
     "aten::__iand__", "aten::__ior__", "aten::__or__", "aten::__xor__", "aten::logical_or",
+    "aten::embedding",
 })
 
 
