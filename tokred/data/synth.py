@@ -61,6 +61,7 @@ LANES = {
 }
 CORNERS = ("top left", "top right", "bottom left", "bottom right")
 GRID = (16, 32, 48)  # lane / slot centres on the 64 px reference canvas
+LARGE, SMALL = 9.0, 3.0  # object radii on the 64 px canvas (large ~2 patches at 56 px / 8)
 TYPES = ("static", "direction", "order", "small")
 
 
@@ -134,7 +135,7 @@ def _shape_mask(shape: str, cx: float, cy: float, r: float, n: int) -> np.ndarra
     if shape == "circle":
         return dx**2 + dy**2 <= r**2
     if shape == "square":
-        return (np.abs(dx) <= 0.85 * r) & (np.abs(dy) <= 0.85 * r)
+        return (np.abs(dx) <= 0.9 * r) & (np.abs(dy) <= 0.9 * r)
     if shape == "triangle":
         return (dy <= r) & (dy >= -r) & (np.abs(dx) <= (dy + r) / 2)
     return ((np.abs(dx) <= r / 3) | (np.abs(dy) <= r / 3)) & (np.abs(dx) <= r) & (np.abs(dy) <= r)
@@ -167,16 +168,16 @@ def render(s: Scene, F: int, n: int) -> np.ndarray:
         img = bg.copy()
         if (t >= e_frame) == (s.event == "appear"):
             ex, ey = GRID[s.event_pos[0]], GRID[s.event_pos[1]]
-            img[_shape_mask(s.event_obj[1], ex * k, ey * k, 7.5 * k, n)] = COLOURS[s.event_obj[0]]
+            img[_shape_mask(s.event_obj[1], ex * k, ey * k, LARGE * k, n)] = COLOURS[s.event_obj[0]]
         i = min(max(t - start, 0), steps - 1)
         # exact integer numerator, so a scene and its reversal place the mover identically
         pos = (a0 * (steps - 1) + (a1 - a0) * i) / max(steps - 1, 1)
         mx, my = (pos, lane) if dx else (lane, pos)
-        img[_shape_mask(s.mover[1], mx * k, my * k, 7.5 * k, n)] = COLOURS[s.mover[0]]
+        img[_shape_mask(s.mover[1], mx * k, my * k, LARGE * k, n)] = COLOURS[s.mover[0]]
         if s.small:
             c = 5 if s.small[2] in (0, 2) else 59
             r = 5 if s.small[2] in (0, 1) else 59
-            img[_shape_mask(s.small[1], c * k, r * k, 3 * k, n)] = COLOURS[s.small[0]]
+            img[_shape_mask(s.small[1], c * k, r * k, SMALL * k, n)] = COLOURS[s.small[0]]
         frames[t] = np.clip(img, 0, 255).astype(np.uint8)
     return frames
 
