@@ -63,6 +63,7 @@ CORNERS = ("top left", "top right", "bottom left", "bottom right")
 GRID = (16, 32, 48)  # lane / slot centres on the 64 px reference canvas
 LARGE, SMALL = 9.0, 3.0  # object radii on the 64 px canvas (large ~2 patches at 56 px / 8)
 TYPES = ("static", "direction", "order", "small")
+GENERATOR_VERSION = 2  # bump whenever the same config would render different videos
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,10 @@ class SynthConfig:
         test_mix: Fractions of static / direction / order / small test captions.
         twin_frac: Fraction of direction/order test videos that belong to a twin pair.
         small_prob: Probability that a scene has a small corner object.
-        workers: Encoding processes.
+        workers: Encoding processes (does not change the output).
+        version: Generator version, recorded in ``synth_meta.json`` so data cached by an older
+            generator (different pixels for the same config) is noticed; only the current one
+            can be generated.
     """
 
     seed: int = 0
@@ -92,6 +96,7 @@ class SynthConfig:
     twin_frac: float = 0.5
     small_prob: float = 0.5
     workers: int = 2
+    version: int = GENERATOR_VERSION
 
 
 @dataclass(frozen=True)
@@ -375,6 +380,11 @@ def generate(out_dir: Union[str, Path], cfg: SynthConfig = SynthConfig()) -> Pat
     Returns:
         ``out_dir``.
     """
+    if cfg.version != GENERATOR_VERSION:
+        raise ValueError(
+            f"this generator writes version {GENERATOR_VERSION}, not {cfg.version}; "
+            "drop the version argument"
+        )
     if cfg.frames < 4 or cfg.size < 32 or cfg.size % 2:
         raise ValueError(f"need frames >= 4 and an even size >= 32, got {cfg.frames}, {cfg.size}")
     out = Path(out_dir)
