@@ -135,11 +135,16 @@ class SweepConfig:
 
 def reducer_points(loc: Located, where: tuple) -> list[tuple[str, dict, str]]:
     """Expand ``reducers`` at ``where`` into ``(name, options, file:line)`` points."""
+    return [(n, o, line) for n, o, line, _ in reducer_entries(loc, where)]
+
+
+def reducer_entries(loc: Located, where: tuple) -> list[tuple[str, dict, str, list | None]]:
+    """Like :func:`reducer_points`, plus each entry's own ``modes`` (None: section default)."""
     entries = _get(loc, where)
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"{loc.where(*where)}: 'reducers' must be a non-empty list of reducer "
                           f"names or {{name, options, sweep}} mappings")
-    points: list[tuple[str, dict, str]] = []
+    points: list[tuple[str, dict, str, list | None]] = []
     for i, entry in enumerate(entries):
         at = where + (i,)
         if isinstance(entry, str):
@@ -156,7 +161,8 @@ def reducer_points(loc: Located, where: tuple) -> list[tuple[str, dict, str]]:
                                   f"be a non-empty list, e.g. {key}: [{values!r}]")
         keys = list(sweep)
         for combo in itertools.product(*(sweep[k] for k in keys)):
-            points.append((entry["name"], {**fixed, **dict(zip(keys, combo))}, loc.where(*at)))
+            points.append((entry["name"], {**fixed, **dict(zip(keys, combo))}, loc.where(*at),
+                           entry.get("modes")))
     return points
 
 
@@ -206,6 +212,17 @@ def _cost_trials(loc: Located) -> list[Trial]:
     return trials
 
 
+MODES = ("training_free", "finetuned")
+
+
+def _modes(loc: Located, where: tuple, modes: list, line: str | None = None) -> list[str]:
+    bad = [m for m in modes if m not in MODES] if isinstance(modes, list) else [modes]
+    if bad or not modes:
+        raise ConfigError(f"{line or loc.where(*where)}: modes must be a non-empty list of "
+                          f"{' / '.join(MODES)}, got {modes!r}")
+    return modes
+
+
 def _recipe_keys() -> dict[str, str]:
     try:
         from .quality import recipe_keys
@@ -226,11 +243,7 @@ def _quality_trials(loc: Located) -> list[Trial]:
             _check_keys(loc, ("quality", part), sec[part] or {}, _recipe_keys(),
                         f"'quality.{part}' recipe", ConfigError)
     check_data_paths(loc, sec, ConfigError)
-    modes = sec.get("modes", ["training_free", "finetuned"])
-    bad = [m for m in modes if m not in ("training_free", "finetuned")]
-    if bad:
-        raise ConfigError(f"{loc.where('quality', 'modes')}: unknown mode(s) {bad}; use "
-                          f"training_free and/or finetuned")
+    modes = _modes(loc, ("quality", "modes"), sec.get("modes", list(MODES)))
     model, frames = sec.get("model", "scale-B32"), int(sec.get("frames", 12))
     common = {
         "model": model, "weights": sec.get("weights"), "frames": frames,
@@ -238,9 +251,9 @@ def _quality_trials(loc: Located) -> list[Trial]:
         "seed": int(loc.data.get("seed", 0)),
     }
     trials = []
-    for name, options, line in reducer_points(loc, ("quality", "reducers")):
+    for name, options, line, own in reducer_entries(loc, ("quality", "reducers")):
         check_reducer(name, options, model, frames, line, ConfigError)
-        for mode in modes:
+        for mode in modes if own is None else _modes(loc, (), own, line):
             extra = {"finetune": sec.get("finetune") or {}} if mode == "finetuned" else {}
             trials.append(make_trial("quality", {**common, **extra, "mode": mode,
                                                  "reducer": name, "options": options}))

@@ -64,6 +64,7 @@ REDUCER_KEYS = {
     "name": "registered reducer name (tokred list shows them)",
     "options": "fixed keyword options of the reducer",
     "sweep": "option -> list of values; every combination becomes a trial",
+    "modes": "quality only: this entry's modes (default: the section's modes)",
 }
 
 

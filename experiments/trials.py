@@ -171,11 +171,13 @@ def provenance_trial(s: dict, ctx: Context) -> dict:
 
     from .provenance import provenance
 
-    weights = "random"
     if s["weights"] == "base":
+        from tokred.evaluate import load_model
+
         from .quality import base_checkpoint
 
-        weights = str(base_checkpoint(s["base_of"], ctx))
-    backbone = _backbone(s["model"], weights, ctx)
+        backbone = load_model(base_checkpoint(s["base_of"], ctx)).video.backbone
+    else:
+        backbone = _backbone(s["model"], "random", ctx)
     reducer = create_reducer(s["reducer"], **s["options"])
     return provenance(lambda r: VideoEncoder(backbone, r, s["frames"]), reducer, s["frames"])

@@ -1,0 +1,1 @@
+"""An example third-party tokred reducer package (see README.md)."""
