@@ -22,7 +22,7 @@ from tokred.cost import (
 from tokred.cost.measure import PAPER_CONFIGS, main, measure, paper_reducers
 from tokred.cost.memory import activation_per_video, cuda_peak_mb, module_tensors, peak_rss_mb
 from tokred.cost.throughput import autocast
-from tokred.encoder import VideoEncoder
+from tokred.encoder import Trace, VideoEncoder
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -66,9 +66,10 @@ def test_fvcore_equals_analytic_b16(b16, name, opts):
 
 def _check_fvcore(visual, name, opts, reference):
     enc = _encoder(visual, name, opts)
-    trace = enc.trace(12)
+    trace = Trace(enc.spec)
+    count = fvcore_video_macs(enc, 12, trace=trace)  # eval + inference_mode inside
+    assert len(trace.layers) == 12 and trace.attn_tokens()[0] == 12 * enc.spec.tokens_per_frame
     analytic = visual_macs(trace)
-    count = fvcore_video_macs(enc, 12)  # eval + inference_mode inside
     assert count.unaccounted == {}, "an op with arithmetic escaped every handle"
     assert count.by_op["scaled_dot_product_attention"] > 0
     proj = 12 * visual.visual.proj.numel() if name != "centerclip" else 0

@@ -19,6 +19,7 @@ the contractions alone are 52.90 (+0.005 for the CLIP projection of the 12 CLS t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -182,12 +183,35 @@ def count_macs(model: nn.Module, inputs: tuple[Tensor, ...]) -> FvcoreCount:
     return FvcoreCount(sum(macs.values()), sum(other.values()), macs, other, unaccounted)
 
 
-def fvcore_video_macs(encoder: nn.Module, frames: int, batch: int = 1) -> FvcoreCount:
+class _Traced(nn.Module):
+    """``encoder.forward`` that also fills a token trace (one forward for both counts)."""
+
+    def __init__(self, encoder: nn.Module, trace) -> None:
+        super().__init__()
+        self.encoder, self.trace = encoder, trace
+
+    def forward(self, video: Tensor) -> Tensor:
+        from ..encoder import mean_pool
+
+        return mean_pool(self.encoder.encode_frames(video, self.trace))
+
+
+def _plain_ints(trace) -> None:
+    """Token counts recorded under the JIT tracer are traced 0-d tensors: make them ints."""
+    trace.layers[:] = [
+        dataclasses.replace(r, **{f.name: int(getattr(r, f.name)) for f in dataclasses.fields(r)})
+        for r in trace.layers
+    ]
+    trace.out_seqs, trace.out_tokens = int(trace.out_seqs), int(trace.out_tokens)
+
+
+def fvcore_video_macs(encoder: nn.Module, frames: int, batch: int = 1, trace=None) -> FvcoreCount:
     """fvcore's count for one inference forward of a video encoder, divided per video.
 
     The encoder is traced on random input in eval mode under ``torch.inference_mode`` (the path
     whose fused kernels fvcore misses without the handles above); its train/eval mode is
-    restored afterwards.
+    restored afterwards. An empty :class:`~tokred.encoder.Trace` passed as ``trace`` is filled
+    by the same forward.
     """
     spec = encoder.backbone.spec
     p = next(encoder.parameters())
@@ -195,11 +219,14 @@ def fvcore_video_macs(encoder: nn.Module, frames: int, batch: int = 1) -> Fvcore
     video = torch.randn(batch, frames, 3, spec.image_size, spec.image_size, generator=g)
     was_training = encoder.training
     encoder.eval()
+    model = encoder if trace is None else _Traced(encoder, trace)
     try:
         with torch.inference_mode():
-            c = count_macs(encoder, (video.to(p.device, p.dtype),))
+            c = count_macs(model, (video.to(p.device, p.dtype),))
     finally:
         encoder.train(was_training)
+    if trace is not None:
+        _plain_ints(trace)
     return FvcoreCount(
         c.macs // batch, c.other // batch,
         {k: v // batch for k, v in c.by_op.items()},
