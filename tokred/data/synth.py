@@ -5,12 +5,12 @@ large *event* object that appears or disappears, and sometimes a small object in
 The clip has two phases: ``move_first`` (the mover moves, then the event happens) or
 ``event_first`` (the event, then the motion), so captions can depend on:
 
-- ``static``:    "a red circle and a blue square"                       (frame content only)
+- ``static``:    "a blue square at the top left and a red circle"       (frame content only)
 - ``direction``: "a red circle moves left at the top"                   (motion direction)
 - ``order``:     "a red circle moves left, then a blue square appears"  (order of events)
 - ``small``:     "a small green triangle in the top left corner"        (a ~5 px object)
 
-The vocabulary is closed (6 colours, 4 shapes, 4 directions, lanes, corners). Training videos get
+The vocabulary is closed (8 colours, 4 shapes, 4 directions, lanes, corners). Training videos get
 one caption of every type that applies. Test videos get one caption each (MSR-VTT 1k-A style);
 no test caption is true of any other test video. Some direction/order test videos come as
 *time-reversed twins*: the same frames played backwards, captioned with the opposite direction /
@@ -51,6 +51,8 @@ COLOURS = {
     "yellow": (235, 215, 40),
     "purple": (150, 60, 200),
     "white": (245, 245, 245),
+    "black": (25, 25, 25),
+    "cyan": (40, 200, 220),
 }
 SHAPES = ("circle", "square", "triangle", "cross")
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
@@ -60,10 +62,15 @@ LANES = {
     "v": ("on the left", "in the middle", "on the right"),
 }
 CORNERS = ("top left", "top right", "bottom left", "bottom right")
+REGIONS = (  # [row][column] of GRID cells, for the static event object
+    ("at the top left", "at the top", "at the top right"),
+    ("on the left", "in the centre", "on the right"),
+    ("at the bottom left", "at the bottom", "at the bottom right"),
+)
 GRID = (16, 32, 48)  # lane / slot centres on the 64 px reference canvas
 LARGE, SMALL = 9.0, 3.0  # object radii on the 64 px canvas (large ~2 patches at 56 px / 8)
 TYPES = ("static", "direction", "order", "small")
-GENERATOR_VERSION = 2  # bump whenever the same config would render different videos
+GENERATOR_VERSION = 3  # bump whenever the same config would render different videos
 
 
 @dataclass(frozen=True)
@@ -189,8 +196,8 @@ def render(s: Scene, F: int, n: int) -> np.ndarray:
 
 def _random_scene(rng: np.random.Generator, small_prob: float) -> Scene:
     cols, shapes = list(COLOURS), list(SHAPES)
-    mover = (cols[rng.integers(6)], shapes[rng.integers(4)])
-    while (ev := (cols[rng.integers(6)], shapes[rng.integers(4)])) == mover:
+    mover = (cols[rng.integers(len(cols))], shapes[rng.integers(len(shapes))])
+    while (ev := (cols[rng.integers(len(cols))], shapes[rng.integers(len(shapes))])) == mover:
         pass
     direction = list(DIRECTIONS)[rng.integers(4)]
     lane = int(rng.integers(3))
@@ -199,7 +206,11 @@ def _random_scene(rng: np.random.Generator, small_prob: float) -> Scene:
     pos = (along, across) if _axis(direction) == "h" else (across, along)
     small = None
     if rng.random() < small_prob:
-        small = (cols[rng.integers(6)], shapes[rng.integers(4)], int(rng.integers(4)))
+        small = (
+            cols[rng.integers(len(cols))],
+            shapes[rng.integers(len(shapes))],
+            int(rng.integers(4)),
+        )
     return Scene(
         int(rng.integers(2**31)),
         mover,
@@ -216,7 +227,7 @@ def _random_scene(rng: np.random.Generator, small_prob: float) -> Scene:
 def caption_keys(s: Scene) -> dict[str, tuple]:
     """What each caption type asserts about a scene (a caption is true iff its key matches)."""
     keys: dict[str, tuple] = {
-        "static": tuple(sorted([s.mover, s.event_obj])),
+        "static": (s.event_obj, s.event_pos, s.mover),
         "direction": (s.mover, s.direction, s.lane),
         "order": (s.mover, s.direction, s.event_obj, s.event, s.order),
     }
@@ -230,7 +241,8 @@ def caption(s: Scene, kind: str, variant: int = 0) -> str:
     m, e = " ".join(s.mover), " ".join(s.event_obj)
     verb = "appears" if s.event == "appear" else "disappears"
     if kind == "static":
-        return f"a {m} and a {e}" if variant == 0 else f"a {e} and a {m}"
+        where = REGIONS[s.event_pos[1]][s.event_pos[0]]
+        return f"a {e} {where} and a {m}" if variant == 0 else f"a {m} and a {e} {where}"
     if kind == "direction":
         lane = LANES[_axis(s.direction)][s.lane]
         return (
