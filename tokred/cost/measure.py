@@ -265,8 +265,8 @@ def rss_record(
     out = {"rss_batch": batch}
     for mode in ("full", "lora"):
         for phase in ("infer", "train"):
-            if model.startswith(TIMM_PREFIX) and mode == "lora":
-                out[f"peak_rss_mb_{phase}_{mode}"] = None
+            # LoRA inference runs on folded weights, i.e. exactly the full model's inference
+            if mode == "lora" and (phase == "infer" or model.startswith(TIMM_PREFIX)):
                 continue
             job = dict(
                 model=model,
