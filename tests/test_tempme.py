@@ -322,3 +322,36 @@ def test_work_macs_counts_only_merging_layers(scale):
     keys += 6 * 24**2 + 3 * 31**2 + 59**2 + 53**2  # L8..L11 after attention (48, 62, 118, 107)
     hidden = 6 * 34**2 + 3 * 44**2 + 84**2  # joined 68, 88, 168 tokens before attention
     assert busy.work_macs(trace) == keys * d + hidden * width
+
+
+# ---------------------------------------------------------------- benchmark helpers
+def test_saved_bytes_dedups_storages_and_skips_parameters():
+    from tokred.bench_tempme import saved_bytes
+
+    w = torch.nn.Parameter(torch.randn(4, 6))
+    x = torch.randn(3, 4, requires_grad=True)
+
+    def step():
+        z = (x @ w).exp()  # mm saves x and w (a parameter); exp saves its result z
+        (z * z).sum().backward()  # mul saves z twice: one storage
+
+    out = saved_bytes(step, exclude={w.untyped_storage().data_ptr()})
+    assert out == {"saved_bytes": 3 * 4 * 4 + 3 * 6 * 4, "saved_tensors": 2, "qkv_weight_bytes": 0}
+
+
+def test_bench_command_runs_on_the_scale_model(tmp_path):
+    import json
+
+    from tokred.bench_tempme import main
+
+    path = tmp_path / "bench.json"
+    assert main(["--models", "scale-B32", "--train-model", "scale-B32", "--repeats", "1",
+                 "--warmup", "0", "--batch", "1", "--train-batch", "2", "--train-repeats", "1",
+                 "--threads", "1", "--json", str(path)]) == 0
+    rec = json.loads(path.read_text())
+    none, tempme = rec["inference"]
+    assert (none["tokens_out"], tempme["tokens_out"]) == (600, 97)
+    assert tempme["ideal_speedup"] == pytest.approx(none["gmacs"] / tempme["gmacs"])
+    train = {r["reducer"]: r for r in rec["train"]}
+    assert train["tempme"]["trainable"] - train["none"]["trainable"] == 128 * (12 + 6 + 3)
+    assert 0 < train["tempme"]["saved_bytes"] < train["none"]["saved_bytes"]

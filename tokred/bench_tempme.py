@@ -181,8 +181,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="torch CPU threads (0 = torch's default); 1 is steadier on a shared machine")
     p.add_argument("--json", help="also write all records to this JSON file")
     a = p.parse_args(argv)
+    threads = torch.get_num_threads()
     if a.threads:
         torch.set_num_threads(a.threads)
+    try:
+        _run(a)
+    finally:
+        torch.set_num_threads(threads)
+    return 0
+
+
+def _run(a: argparse.Namespace) -> None:
     print(f"TempMe vs none, {a.frames} frames, random weights; {environment(a.device)}")
     infer = [r for m in a.models
              for r in bench_inference(m, a.frames, a.batch, a.warmup, a.repeats, a.device)]
@@ -200,7 +209,6 @@ def main(argv: list[str] | None = None) -> int:
         with open(a.json, "w") as f:
             json.dump({"env": environment(a.device), "inference": infer, "train": train}, f,
                       indent=1)
-    return 0
 
 
 if __name__ == "__main__":
