@@ -172,3 +172,8 @@ def test_clip_preprocess_matches_pil_pipeline() -> None:
         - torch.tensor(CLIP_MEAN)[:, None, None]
     ) / torch.tensor(CLIP_STD)[:, None, None]
     assert (out - ref).abs().max() <= 1.01 / 255 / min(CLIP_STD)  # within one grey level
+
+
+def test_bad_sampling_is_not_a_decode_error(clip: tuple[Path, np.ndarray]) -> None:
+    with pytest.raises(ValueError, match="sampling"):
+        read_video(clip[0], 4, sampling="random")

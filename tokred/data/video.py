@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -36,6 +37,9 @@ __all__ = [
     "read_video",
     "probe_video",
 ]
+
+
+Picker = Callable[[int, float], np.ndarray]  # (num_frames, fps) -> frame indices
 
 
 class VideoDecodeError(RuntimeError):
@@ -109,11 +113,12 @@ def _probe_decord(path: Path) -> tuple[int, float]:
     return len(vr), float(vr.get_avg_fps())
 
 
-def _read_decord(path: Path, idx: np.ndarray) -> np.ndarray:
-    vr = _decord_open(path)
+def _read_decord(path: Path, pick: Picker) -> tuple[np.ndarray, np.ndarray]:
+    vr = _decord_open(path)  # opened once for both the frame count and the frames
+    idx = pick(len(vr), float(vr.get_avg_fps()))
     uniq, inverse = np.unique(idx, return_inverse=True)
     frames = vr.get_batch(uniq.tolist()).asnumpy()  # [U, H, W, 3] uint8
-    return frames[inverse]
+    return frames[inverse], idx
 
 
 def _probe_pyav(path: Path) -> tuple[int, float]:
@@ -126,9 +131,10 @@ def _probe_pyav(path: Path) -> tuple[int, float]:
     return int(n), float(rate)
 
 
-def _read_pyav(path: Path, idx: np.ndarray) -> np.ndarray:
+def _read_pyav(path: Path, pick: Picker) -> tuple[np.ndarray, np.ndarray]:
     import av
 
+    idx = pick(*_probe_pyav(path))
     wanted = set(idx.tolist())
     got: dict[int, np.ndarray] = {}
     with av.open(str(path)) as container:
@@ -142,7 +148,7 @@ def _read_pyav(path: Path, idx: np.ndarray) -> np.ndarray:
     missing = wanted - got.keys()
     if missing:
         raise ValueError(f"stream ended early: frames {sorted(missing)[:5]} not decodable")
-    return np.stack([got[i] for i in idx.tolist()])
+    return np.stack([got[i] for i in idx.tolist()]), idx
 
 
 _BACKENDS = {"decord": (_probe_decord, _read_decord), "pyav": (_probe_pyav, _read_pyav)}
@@ -201,17 +207,22 @@ def read_video(
         VideoDecodeError: The file is missing, corrupt or truncated (every decoder failed).
     """
     path, order = Path(path), _order(decoder)
+    if sampling not in SAMPLINGS or num_frames < 1:
+        raise ValueError(
+            f"need sampling in {SAMPLINGS} and num_frames >= 1, got {sampling!r}, {num_frames}"
+        )
     if not path.is_file():
         raise VideoDecodeError(f"video file {path} does not exist; check the dataset's video root")
     errors = []
+
+    def pick(n: int, fps: float) -> np.ndarray:
+        if n < 1:
+            raise ValueError("no video frames")
+        return sample_indices(n, num_frames, sampling, fps)
+
     for name in order:
-        probe, read = _BACKENDS[name]
         try:
-            n, fps = probe(path)
-            if n < 1:
-                raise ValueError("no video frames")
-            idx = sample_indices(n, num_frames, sampling, fps)
-            frames = read(path, idx)  # [T, H, W, 3] uint8
+            frames, idx = _BACKENDS[name][1](path, pick)  # [T, H, W, 3] uint8, [T]
         except Exception as e:
             errors.append(f"{name}: {type(e).__name__}: {e}")
             logger.debug("decoder %s failed on %s: %s", name, path, e)
