@@ -162,7 +162,7 @@ class TempMe(TokenReducer):
         return min(int(n * self.intra), (n - cls) // 2)
 
     @property
-    def _first_clipme(self) -> int:
+    def _first_clipme(self) -> float:
         return self.merge_layers[0] if self.merge_layers else math.inf
 
     # ------------------------------------------------------------------ cost

@@ -141,9 +141,14 @@ def test_errors_name_the_problem(clip):
         apply_lora(clip, towers=("audio",))
     with pytest.raises(ValueError, match="rank must be a positive int"):
         LoRAWeight(6, 2, 0)
+    with pytest.raises(ValueError, match=r"layers \[11\] out of range for the text tower \(blocks 0\.\.3\)"):
+        apply_lora(clip, layers=[0, 11])  # the scale model's text tower has 4 blocks
+    assert lora_parameters(clip) == []  # nothing was applied to the visual tower either
     apply_lora(clip, towers=("visual",), layers=[1])
+    with pytest.raises(ValueError, match="1 of the chosen attention layers already carry"):
+        apply_lora(clip, towers=("visual",), layers=[1, 2])
     with pytest.raises(ValueError, match="already carries a LoRA adapter"):
-        apply_lora(clip, towers=("visual",), layers=[1])
+        add_lora(clip.visual.transformer.resblocks[1].attn)
 
 
 def test_unsupported_tower_is_refused():

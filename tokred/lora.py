@@ -134,16 +134,22 @@ def apply_lora(
     if isinstance(towers, str):
         towers = (towers,)
     chosen = None if layers is None else sorted(set(layers))
-    params: list[nn.Parameter] = []
-    for tower in towers:
+    targets: list[nn.MultiheadAttention] = []
+    for tower in towers:  # validate every tower before touching any
         attns = tower_attentions(model, tower)
         idx = range(len(attns)) if chosen is None else chosen
         bad = [i for i in idx if not 0 <= i < len(attns)]
         if bad:
             raise ValueError(f"LoRA layers {bad} out of range for the {tower} tower "
                              f"(blocks 0..{len(attns) - 1})")
-        for i in idx:
-            params += add_lora(attns[i], rank)
+        targets += [attns[i] for i in idx]
+    busy = [i for i, a in enumerate(targets) if _lora_of(a) is not None]
+    if busy:
+        raise ValueError(f"{len(busy)} of the chosen attention layers already carry a LoRA "
+                         f"adapter; fold_lora() the model first or choose other layers")
+    params: list[nn.Parameter] = []
+    for attn in targets:
+        params += add_lora(attn, rank)
     log.info("LoRA rank %d on %s: %d adapters, %d parameters", rank, ",".join(towers),
              len(params) // 2, sum(p.numel() for p in params))
     return params
