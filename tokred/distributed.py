@@ -130,6 +130,15 @@ def all_reduce_mean(value: float, device: str = "cpu") -> float:
     return float(t.item()) / info.world
 
 
+def broadcast_scalar(value: float, src: int = 0, device: str = "cpu") -> float:
+    """Rank ``src``'s value of a Python scalar on every rank."""
+    if not current().distributed:
+        return float(value)
+    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.broadcast(t, src)
+    return float(t.item())
+
+
 def free_port() -> int:
     """A free TCP port on localhost (for spawning test process groups)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -56,13 +56,24 @@ def load_model(
     return model.to(device).eval()
 
 
-def load_videos(split, frames: int, image_size: int, sampling: str = "uniform") -> torch.Tensor:
-    """Every video of ``split`` decoded and preprocessed: float16 ``[V, T, 3, S, S]``."""
-    from .data import FrameSource, check_files
+def load_videos(
+    split, frames: int, image_size: int, sampling: str = "uniform", chunk: int = 128
+) -> torch.Tensor:
+    """Every video of ``split`` decoded and preprocessed: float16 ``[V, T, 3, S, S]``.
+
+    Preprocessing runs on ``chunk`` videos at once (one resize call over all their frames),
+    several times faster than clip by clip; the values equal per-clip preprocessing.
+    """
+    from .data import FrameSource, check_files, clip_preprocess
 
     check_files(split)
     src = FrameSource(split, num_frames=frames, image_size=image_size, sampling=sampling)
-    return torch.stack([src.frames(v).to(torch.float16) for v in range(len(split.videos))])
+    out = []
+    for s in range(0, len(split.videos), chunk):
+        raw = np.stack([src.raw(v)[0] for v in range(s, min(s + chunk, len(split.videos)))])
+        x = clip_preprocess(raw.reshape(-1, *raw.shape[2:]), image_size)  # [c*T, 3, S, S]
+        out.append(x.to(torch.float16).view(len(raw), frames, *x.shape[1:]))  # [c, T, 3, S, S]
+    return torch.cat(out)
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Sequence
 
 import torch
@@ -253,14 +254,54 @@ def make_optimizer(
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=1e-6)
 
 
-def make_scheduler(optimizer, total_steps: int, warmup: float) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over ``warmup`` (fraction of steps) then cosine to zero, stepped per step."""
-    warm = max(1, int(round(warmup * total_steps))) if warmup > 0 else 0
+class WarmupCosine:
+    """LR factor: linear warm-up then cosine to zero, over steps or a time budget.
 
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        progress = (step - warm) / max(1, total_steps - warm)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    Progress is ``step / total_steps``, or, with ``budget_s``, the larger of that and the
+    elapsed fraction of the budget, so a slow (or shared) machine still anneals fully by the
+    deadline. Step-based progress is deterministic; time-based progress is not (a resumed run
+    continues the clock from the checkpoint's ``elapsed``).
+    """
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    def __init__(self, total_steps: int, warmup: float, budget_s: float | None = None) -> None:
+        self.total, self.warmup, self.budget_s = total_steps, warmup, budget_s
+        self.warm = max(1, int(round(warmup * total_steps))) if warmup > 0 else 0
+        self.elapsed, self._t0 = 0.0, None
+
+    def clock(self) -> float:
+        """Seconds of training so far (starts on the first call, continues after a resume)."""
+        if self._t0 is None:
+            self._t0 = time.perf_counter() - self.elapsed
+        return time.perf_counter() - self._t0
+
+    def pause(self) -> None:
+        """Fold the running clock into ``elapsed`` (call before ``state_dict``)."""
+        if self._t0 is not None:
+            self.elapsed, self._t0 = self.clock(), None
+
+    def set_elapsed(self, seconds: float) -> None:
+        self.elapsed, self._t0 = seconds, None
+
+    def time_fraction(self) -> float:
+        return self.clock() / self.budget_s if self.budget_s else 0.0
+
+    def __call__(self, step: int) -> float:
+        frac = self.time_fraction()
+        if frac > step / self.total:  # behind schedule: follow the clock
+            if frac < self.warmup:
+                return frac / self.warmup
+            return _cosine((frac - self.warmup) / max(1e-9, 1 - self.warmup))
+        if step < self.warm:
+            return (step + 1) / self.warm
+        return _cosine((step - self.warm) / max(1, self.total - self.warm))
+
+
+def _cosine(progress: float) -> float:
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_scheduler(
+    optimizer, total_steps: int, warmup: float, budget_s: float | None = None
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step LR schedule :class:`WarmupCosine` (``warmup`` is a fraction of the steps)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(total_steps, warmup, budget_s))

@@ -70,7 +70,9 @@ class TrainConfig:
         warmup: warm-up fraction of the steps (then cosine to zero).
         precision: ``fp32``, ``bf16`` (autocast) or ``fp16`` (autocast + GradScaler, CUDA only).
         stop_at_step: stop (after saving) at this step as if interrupted; for resume tests.
-        time_limit: minutes; training stops at the first step past it (reported).
+        time_budget: minutes; training ends at ``max_steps`` or when the budget is spent,
+            whichever comes first, and the LR schedule follows the same progress (so it anneals
+            fully by the deadline; runs that hit the budget are not bit-reproducible).
     """
 
     data: str = "msrvtt"
@@ -107,7 +109,7 @@ class TrainConfig:
     save_every: int = 0
     resume: bool = False
     stop_at_step: int | None = None
-    time_limit: float | None = None
+    time_budget: float | None = None
     threads: int | None = None
 
     def __post_init__(self) -> None:
@@ -162,8 +164,9 @@ class _Memo(torch.utils.data.Dataset):
     """Keeps each preprocessed clip (float16) after its first fetch; the caption is drawn per
     epoch. Every fetch, first or not, returns the float16-rounded frames (exact resumes)."""
 
-    def __init__(self, base) -> None:
-        self.base, self.frames = base, {}
+    def __init__(self, base, clips: torch.Tensor | None = None) -> None:
+        self.base = base
+        self.frames = dict(enumerate(clips)) if clips is not None else {}
 
     def __len__(self) -> int:
         return len(self.base)
@@ -186,18 +189,25 @@ class _Memo(torch.utils.data.Dataset):
         }
 
 
-def make_dataset(cfg: TrainConfig, image_size: int, split=None) -> torch.utils.data.Dataset:
-    """The training dataset: one caption drawn per video per epoch; memoised when ``cfg.cache``."""
-    from .data import TrainDataset
+def make_dataset(
+    cfg: TrainConfig, image_size: int, split=None, clips: torch.Tensor | None = None
+) -> torch.utils.data.Dataset:
+    """The training dataset: one caption drawn per video per epoch; memoised when ``cfg.cache``.
+
+    ``clips``: pre-decoded float16 ``[V, T, 3, S, S]`` frames of ``split`` (see
+    :func:`tokred.evaluate.load_videos`), used instead of decoding.
+    """
+    from .data import TrainDataset, check_files
 
     split = split if split is not None else _train_split(cfg)
-    ds = TrainDataset(
-        split,
-        seed=cfg.seed,
-        num_frames=cfg.train_frames or cfg.frames,
-        image_size=image_size,
-        sampling=cfg.sampling,
-    )
+    check_files(split)
+    ds = TrainDataset(split, seed=cfg.seed, num_frames=cfg.train_frames or cfg.frames,
+                      image_size=image_size, sampling=cfg.sampling)
+    if clips is not None:
+        want = (len(split.videos), cfg.train_frames or cfg.frames)
+        if tuple(clips.shape[:2]) != want:
+            raise ValueError(f"clips {tuple(clips.shape)} do not match (videos, frames) = {want}")
+        return _Memo(ds, clips)
     return _Memo(ds) if cfg.cache and cfg.num_workers == 0 else ds
 
 
@@ -311,12 +321,13 @@ def _clamp_logit_scale(model: nn.Module) -> None:
         clip.logit_scale.clamp_(0, math.log(100))  # CLIP's cap on the temperature
 
 
-def train(cfg: TrainConfig, split=None) -> dict:
+def train(cfg: TrainConfig, split=None, clips: torch.Tensor | None = None) -> dict:
     """Train per ``cfg``; returns ``{"checkpoint", "last", "steps", "loss", "wall_s", ...}``.
 
     Args:
         cfg: the run configuration.
         split: an already loaded training :class:`~tokred.data.Split` (skips reading ``cfg.root``).
+        clips: pre-decoded frames of ``split`` (see :func:`make_dataset`).
     """
     info = D.init_distributed(cfg.device)
     if cfg.threads:
@@ -325,12 +336,13 @@ def train(cfg: TrainConfig, split=None) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     model = build_for_training(cfg, info.device)
-    ds = make_dataset(cfg, model.video.backbone.spec.image_size, split)
+    ds = make_dataset(cfg, model.video.backbone.spec.image_size, split, clips)
     local = _local_batch(cfg, info, len(ds))
     steps_per_epoch = len(ds) // (local * info.world) // cfg.grad_accum
     total = cfg.max_steps or max(1, int(cfg.epochs * steps_per_epoch))
     optimizer = make_optimizer(model, cfg.lr, cfg.betas, cfg.weight_decay)
-    scheduler = make_scheduler(optimizer, total, cfg.warmup)
+    budget = 60 * cfg.time_budget if cfg.time_budget else None
+    scheduler = make_scheduler(optimizer, total, cfg.warmup, budget)
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
     step = _maybe_resume(cfg, out, model, optimizer, scheduler, scaler)
     ddp = _wrap(model, info)
@@ -420,6 +432,7 @@ def _loop(
         for _ in range(len(batches) // cfg.grad_accum):
             micro = [next(it) for _ in range(cfg.grad_accum)]
             loss = train_step(ddp, micro, optimizer, scaler, cfg, info, model.tokenizer)
+            _sync_clock(scheduler, info)
             scheduler.step()
             step += 1
             losses.append(loss)
@@ -438,7 +451,7 @@ def _loop(
                     )
                     + "\n"
                 )
-            stopped = _should_stop(cfg, step, total, t0)
+            stopped = _should_stop(cfg, step, total) or _budget_spent(scheduler, step, total)
             if stopped or (cfg.save_every and step % cfg.save_every == 0) or step == total:
                 _save_last(model, optimizer, scheduler, scaler, step, cfg, out, info)
             if stopped or step >= total:
@@ -461,12 +474,19 @@ def _loop(
     }
 
 
-def _should_stop(cfg, step: int, total: int, t0: float) -> str | None:
+def _should_stop(cfg, step: int, total: int) -> str | None:
     if cfg.stop_at_step is not None and step >= cfg.stop_at_step and step < total:
         return f"stop_at_step={cfg.stop_at_step}"
-    if cfg.time_limit and time.perf_counter() - t0 > 60 * cfg.time_limit and step < total:
-        log.warning("time limit %.1f min reached at step %d of %d", cfg.time_limit, step, total)
-        return f"time_limit={cfg.time_limit}"
+    return None
+
+
+def _budget_spent(scheduler, step: int, total: int) -> str | None:
+    sched = scheduler.lr_lambdas[0]
+    # rank 0 decides, so every rank stops at the same step
+    if sched.budget_s and step < total and D.broadcast_scalar(sched.time_fraction() >= 1.0):
+        log.info("time budget %.0fs spent at step %d of %d", sched.budget_s, step, total)
+        return f"time_budget={sched.budget_s / 60:g}min"
+    return None
     return None
 
 
@@ -490,9 +510,17 @@ def _meta(cfg: TrainConfig) -> dict:
     }
 
 
+def _sync_clock(scheduler, info: D.DistInfo) -> None:
+    """Under DDP every rank follows rank 0's clock (same LR, same stop step on all ranks)."""
+    sched = scheduler.lr_lambdas[0]
+    if sched.budget_s and info.distributed:
+        sched.set_elapsed(D.broadcast_scalar(sched.clock()))
+
+
 def _save_last(model, optimizer, scheduler, scaler, step, cfg, out: Path, info) -> None:
     if not info.is_main:
         return
+    scheduler.lr_lambdas[0].pause()  # the clock's elapsed time goes into the state dict
     state = model.model_state()
     state.update(
         optimizer=optimizer.state_dict(),
