@@ -1,0 +1,162 @@
+"""Reports from records alone: tables, published matching, Pareto front, figures, provenance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from experiments.plots import pareto_front
+from experiments.provenance import ProvenanceRecorder, destinations, provenance
+from experiments.records import append_record
+from experiments.report import _published_cost, write_report
+from experiments.tables import cost_frame, load_published, quality_frame
+from tokred import create_reducer
+from tokred.encoder import VideoEncoder
+from tokred.ops import bipartite_match, merge_wavg
+
+
+def cost_rec(i: int, reducer: str, options: dict, gmacs: float, vps: float,
+             backbone: str = "ViT-B-32") -> dict:
+    return {"id": f"c{i}", "kind": "cost", "status": "ok",
+            "settings": {"backbone": backbone, "frames": 12, "reducer": reducer,
+                         "options": options, "weights": "random"},
+            "metrics": {"gmacs": gmacs, "tokens_out": int(gmacs * 10), "ms_per_video": 1000 / vps,
+                        "videos_per_s": vps, "activation_mib": gmacs * 2,
+                        "attn_tokens": [600] * 6 + [int(gmacs * 10)] * 6}}
+
+
+def quality_rec(i: int, reducer: str, options: dict, mode: str, rsum: float, gmacs: float) -> dict:
+    m = {f"{d}_{k}": rsum / 6 for d in ("t2v", "v2t") for k in ("R@1", "R@5", "R@10")}
+    m.update({"t2v_MdR": 3.0, "t2v_MnR": 5.0, "v2t_MdR": 3.0, "v2t_MnR": 5.0, "rsum": rsum,
+              "gmacs": gmacs, "tokens_out": 100, "videos_per_s": 10 / gmacs,
+              "ms_per_video": 100 * gmacs, "activation_mib": 5.0, "twin_accuracy": 0.5})
+    return {"id": f"q{i}", "kind": "quality", "status": "ok", "metrics": m,
+            "settings": {"model": "scale-B32", "mode": mode, "reducer": reducer,
+                         "options": options, "data": {"kind": "synth"}}}
+
+
+def test_pareto_front_matches_brute_force():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        x, y = rng.integers(0, 6, 12).astype(float), rng.integers(0, 6, 12).astype(float)
+        front = set(pareto_front(x, y).tolist())
+        for i in range(len(x)):
+            dominated = any((x[j] <= x[i] and y[j] >= y[i]) and (x[j] < x[i] or y[j] > y[i])
+                            for j in range(len(x)))
+            duplicate_earlier = any(x[j] == x[i] and y[j] == y[i] for j in front if j != i)
+            assert (i in front) == (not dominated and not duplicate_earlier)
+
+
+def test_cost_ratios_against_none():
+    df = cost_frame([cost_rec(0, "none", {}, 50.0, 2.0), cost_rec(1, "tome", {"r": 2}, 40.0, 3.0),
+                     cost_rec(2, "none", {}, 200.0, 1.0, "ViT-B-16"),
+                     cost_rec(3, "tome", {"r": 10}, 150.0, 1.5, "ViT-B-16")])
+    got = {(r["backbone"], r["setting"]): (r["GMACs %"], r["speed-up"]) for _, r in df.iterrows()}
+    assert got[("ViT-B-32", "tome r=2")] == pytest.approx((80.0, 1.5))
+    assert got[("ViT-B-16", "tome r=10")] == pytest.approx((75.0, 1.5))
+    assert got[("ViT-B-16", "none")] == pytest.approx((100.0, 1.0))
+
+
+def test_published_numbers_match_by_setting_with_defaults():
+    pubs = load_published()
+    df = cost_frame([cost_rec(0, "none", {}, 52.9, 2.0),
+                     cost_rec(1, "centerclip", {"segments": 4}, 35.7, 3.0),
+                     cost_rec(2, "centerclip", {"segments": 4, "algorithm": "spectral"}, 36, 1.0),
+                     cost_rec(3, "centerclip", {"segments": 6}, 40.0, 2.0)])
+    got = {r["setting"]: _published_cost(pubs, r) for _, r in df.iterrows()}
+    assert got["centerclip segments=4"] == (f"{100 * 15.0 / 20.8:.0f} %", f"{24.4 / 22.9:.2f}x")
+    assert got["centerclip algorithm=spectral segments=4"] == (
+        f"{100 * 14.9 / 20.8:.0f} %", f"{24.4 / 40.8:.2f}x")
+    assert got["centerclip segments=6"] == ("", "")  # not in the paper's table
+
+
+def test_report_from_records_alone(tmp_path):
+    path = tmp_path / "results.jsonl"
+    recs = [cost_rec(0, "none", {}, 52.9, 2.0), cost_rec(1, "tome", {"r": 2}, 40.1, 2.5),
+            cost_rec(2, "tome", {"r": 4}, 27.5, 3.0)]
+    for i, (red, opts, g) in enumerate([("none", {}, 1.5), ("tome", {"r": 2}, 1.1),
+                                        ("tome", {"r": 4}, 0.8)]):
+        recs += [quality_rec(2 * i, red, opts, "training_free", 300 - 50 * i, g),
+                 quality_rec(2 * i + 1, red, opts, "finetuned", 320 - 40 * i, g)]
+    recs.append({"id": "e", "kind": "cost", "status": "error", "error": "ValueError: x",
+                 "settings": {"reducer": "tome", "options": {"r": 9}}})
+    for r in recs:
+        append_record(path, r)
+    index = write_report([tmp_path], tmp_path / "report")
+    text = index.read_text()
+    assert "random weights" in text and "ValueError: x" in text
+    q = quality_frame(recs)
+    assert len(q) == 6 and set(q["label"]) == {"SYNTHETIC"}
+    table = text.split("training-free")[1].split("###")[0]
+    assert table.count("| SYNTHETIC |") == 3
+    for png in ("rsum_vs_gmacs.png", "rsum_vs_speed.png", "memory.png", "tokens_per_layer.png",
+                "speed_vs_gmacs.png"):
+        assert (tmp_path / "report" / png).stat().st_size > 5000
+    assert "token_provenance.png" not in text  # no provenance records, no figure
+
+
+def test_destinations_equal_tome_matching_reference():
+    torch.manual_seed(0)
+    x, keys = torch.randn(3, 11, 8), torch.randn(3, 11, 4)
+    m = bipartite_match(keys, 3, prefix=1)
+    x_in = x.clone().requires_grad_(True)
+    out, _ = merge_wavg(m, x_in, torch.ones(3, 11, 1))
+    got = destinations(out, x_in).reshape(3, 11)
+    # reference: output [CLS, kept A ascending, all B]; A = 2,4,.. and B = 1,3,.. (ToMe: CLS=A[0])
+    for row in range(3):
+        n_unm = m.unm_idx.shape[1]
+        want = {0: row * 8}
+        a_pos, b_pos = list(range(2, 11, 2)), list(range(1, 11, 2))
+        for k, a in enumerate(m.unm_idx[row].tolist()):
+            want[a_pos[a]] = row * 8 + 1 + k
+        for b in range(len(b_pos)):
+            want[b_pos[b]] = row * 8 + 1 + n_unm + b
+        for s, d in zip(m.src_idx[row].tolist(), m.dst_idx[row].tolist()):
+            want[a_pos[s]] = row * 8 + 1 + n_unm + d
+        assert got[row].tolist() == [want[i] for i in range(11)]
+
+
+@pytest.fixture(scope="module")
+def scale_backbone():
+    from tokred.backbone import OpenCLIPVisual
+    from tokred.models import create_clip
+
+    torch.manual_seed(0)
+    return OpenCLIPVisual(create_clip("scale-B32").eval().visual, "scale-B32")
+
+
+@pytest.mark.parametrize("name, options", [("tome", {"r": 2}), ("tempme", {}), ("centerclip", {}),
+                                           ("pooling", {}), ("sparse", {})])
+def test_provenance_agrees_with_reducer_sizes(scale_backbone, name, options):
+    res = provenance(lambda r: VideoEncoder(scale_backbone, r, 12), create_reducer(name, **options), 12)
+    owner = np.asarray(res["owner"])
+    assert res["size_check"]
+    assert owner.shape == (12 * 49,)
+    if name in ("centerclip", "sparse"):  # 4 segments keep 49 of their 3*49 patches
+        assert res["dropped"] == 12 * 49 - 4 * 49
+        assert len(set(owner[owner >= 0].tolist())) == 4 * 49
+    if name == "pooling":  # token-wise mean of the 3 frames of a segment, same position
+        own = owner.reshape(4, 3, 49)
+        assert (own == own[:, :1]).all()
+        assert len(set(own[:, 0].ravel().tolist())) == 4 * 49
+    if name in ("tome", "tempme"):
+        assert res["dropped"] == 0
+
+
+def test_recorder_does_not_change_the_output(scale_backbone):
+    torch.manual_seed(1)
+    video = torch.randn(1, 12, 3, 56, 56)
+    plain = VideoEncoder(scale_backbone, create_reducer("tempme"), 12)
+    recorded = VideoEncoder(scale_backbone, ProvenanceRecorder(create_reducer("tempme")), 12)
+    recorded.reducer.inner.load_state_dict(plain.reducer.state_dict())
+    with torch.no_grad():
+        assert torch.equal(plain(video), recorded(video))
+
+
+def test_setting_labels():
+    from experiments.tables import setting
+
+    assert setting("none", {}) == "none"
+    assert setting("tempme", {"merge_frames": [2, 2, 3], "cross": 0.3}) == \
+        "tempme cross=0.3 merge_frames=2,2,3"
