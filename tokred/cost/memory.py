@@ -44,7 +44,7 @@ def activation_bytes(fn: Callable[[], Tensor], exclude: Iterable[Tensor] = ()) -
     Every tensor handed to autograd's pack hook is recorded by its storage (a storage saved by
     several ops, or several views of one storage, counts once, in full: the whole storage stays
     alive). Storages of ``exclude`` (parameters, buffers) are skipped. The graph is released
-    before returning.
+    before returning; it is for counting only (do not call backward through it).
     """
     skip = {k[0] for k in map(_storage_key, exclude) if k is not None}
     seen: dict[int, int] = {}
@@ -53,7 +53,9 @@ def activation_bytes(fn: Callable[[], Tensor], exclude: Iterable[Tensor] = ()) -
         key = _storage_key(t)
         if key is not None and key[0] not in skip:
             seen[key[0]] = max(seen.get(key[0], 0), key[1])
-        return t
+        # keep the storage alive (so no address is reused while counting) but not the autograd
+        # node: an op's own output packed with its grad_fn forms a cycle Python's GC cannot see
+        return t.detach()
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = fn()
