@@ -7,8 +7,9 @@
    shared machine hits both), measured and ideal (GMACs ratio) speed-up.
 2. One training step with TempMe's recipe (frozen CLIP, LoRA rank 8 on every qkv of both
    towers, temporal embeddings trainable; loss = InfoNCE of the video embeddings against fixed
-   random text features): time, and bytes of tensors saved for backward (deduplicated by
-   storage, parameters excluded), measured with ``torch.autograd.graph.saved_tensors_hooks``.
+   random text features): time, and bytes of tensors saved for backward per video
+   (``torch.autograd.graph.saved_tensors_hooks``, deduplicated by storage, parameters
+   excluded; :mod:`tokred.cost.memory`); on CUDA also the peak allocated memory of a step.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 
 from .backbone import OpenCLIPVisual
 from .cost.analytic import gmacs
+from .cost.memory import MB, activation_per_video, cuda_peak_mb, module_tensors
 from .cost.throughput import Timing, environment, time_calls
 from .encoder import VideoEncoder
 from .lora import apply_lora, mark_only_trainable
@@ -74,31 +76,6 @@ def bench_inference(name: str, frames: int, batch: int, warmup: int, repeats: in
     return rows
 
 
-def saved_bytes(fn, exclude: set[int]) -> dict[str, int]:
-    """Run ``fn`` and sum the bytes of distinct storages saved for backward.
-
-    Storages in ``exclude`` (data pointers of the parameters) are skipped. ``qkv_weight_bytes``
-    is the part held by ``[3C, C]`` matrices: the ``W + B @ A`` weights that the LoRA
-    parametrisation materialises per forward (independent of the token count).
-
-    Returns:
-        ``{"saved_bytes", "saved_tensors", "qkv_weight_bytes"}``.
-    """
-    seen: dict[int, tuple[int, bool]] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        st = t.untyped_storage()
-        if st.data_ptr() not in exclude:
-            is_w = t.dim() == 2 and 3 in (t.shape[0] / t.shape[1], t.shape[1] / t.shape[0])
-            seen[st.data_ptr()] = (st.nbytes(), is_w)
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return {"saved_bytes": sum(n for n, _ in seen.values()), "saved_tensors": len(seen),
-            "qkv_weight_bytes": sum(n for n, w in seen.values() if w)}
-
-
 def _info_nce(video: torch.Tensor, text: torch.Tensor, scale: float = 100.0) -> torch.Tensor:
     logits = scale * video @ F.normalize(text, dim=-1).T  # [B, B]
     labels = torch.arange(len(video), device=video.device)
@@ -107,41 +84,44 @@ def _info_nce(video: torch.Tensor, text: torch.Tensor, scale: float = 100.0) -> 
 
 def bench_train_step(name: str, frames: int, batch: int, warmup: int, repeats: int,
                      rank: int = 8, device: str = "cpu") -> list[dict]:
-    """Forward + backward with the LoRA recipe, none vs tempme: time and saved-tensor bytes."""
+    """Forward + backward with the LoRA recipe, none vs tempme: time and saved-tensor bytes.
+
+    Activation memory comes from :func:`tokred.cost.memory.activation_per_video` (bytes saved
+    for backward at 1 and 2 videos, parameters excluded): ``act_per_video`` is the slope,
+    ``act_fixed`` the batch-independent rest (mostly the ``W + B @ A`` weights that the LoRA
+    parametrisation materialises per forward).
+    """
     torch.manual_seed(0)
     clip = create_clip(name, device=device).train()
     apply_lora(clip, rank=rank)
     encs = _encoders(clip, name, frames, device)
     size = encs["none"].spec.image_size
-    video = torch.randn(batch, frames, 3, size, size, device=device)
-    text = torch.randn(batch, clip.visual.output_dim, device=device)
-    rows, fns = {}, {}
+    gen = torch.Generator(device=device).manual_seed(0)
+    videos = torch.randn(max(batch, 2), frames, 3, size, size, device=device, generator=gen)
+    text = torch.randn(max(batch, 2), clip.visual.output_dim, device=device, generator=gen)
+    rows, steps = {}, {}
     for k, enc in encs.items():
         trainable = mark_only_trainable(clip, extra=enc.reducer.parameters())
-        params = {p.untyped_storage().data_ptr() for p in enc.parameters()}
+        per_video, fixed = activation_per_video(
+            lambda b, enc=enc: _info_nce(enc(videos[:b]), text[:b]), module_tensors(enc))
+        rows[k] = {"model": name, "reducer": k, "frames": frames, "batch": batch,
+                   "trainable": trainable, "act_per_video": per_video, "act_fixed": fixed}
 
         def step(enc=enc):
-            loss = _info_nce(enc(video), text)
-            loss.backward()
+            _info_nce(enc(videos[:batch]), text[:batch]).backward()
             enc.zero_grad(set_to_none=True)
 
-        fns[k] = step
-        if device != "cpu" and torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats(device)
-        rows[k] = {"model": name, "reducer": k, "frames": frames, "batch": batch,
-                   "trainable": trainable, **saved_bytes(step, params)}
-        if device != "cpu" and torch.cuda.is_available():
-            rows[k]["cuda_peak_bytes"] = torch.cuda.max_memory_allocated(device)
+        steps[k] = step
     # both steps are timed with the temporal embeddings trainable (only tempme uses them)
     mark_only_trainable(clip, extra=[p for e in encs.values() for p in e.reducer.parameters()])
-    timings = _interleaved(fns, batch, warmup, repeats, device)
+    timings = _interleaved(steps, batch, warmup, repeats, device)
+    if torch.device(device).type == "cuda":
+        for k, peak in cuda_peak_mb(steps, device).items():
+            rows[k]["cuda_peak_mb"] = peak["peak_mb"]
     for k in REDUCERS:
-        rows[k]["step_s"] = timings[k].median
-        rows[k]["timing"] = timings[k].to_dict()
-        rows[k]["time_ratio"] = timings[k].median / timings["none"].median
-        rows[k]["memory_ratio"] = rows[k]["saved_bytes"] / rows["none"]["saved_bytes"]
-        tok = {j: rows[j]["saved_bytes"] - rows[j]["qkv_weight_bytes"] for j in ("none", k)}
-        rows[k]["memory_ratio_tokens"] = tok[k] / tok["none"]
+        rows[k].update(step_s=timings[k].median, timing=timings[k].to_dict(),
+                       time_ratio=timings[k].median / timings["none"].median,
+                       memory_ratio=rows[k]["act_per_video"] / rows["none"]["act_per_video"])
     return [rows[k] for k in REDUCERS]
 
 
@@ -156,13 +136,11 @@ def _print_inference(rows: list[dict]) -> None:
 
 def _print_train(rows: list[dict]) -> None:
     print(f"{'model':<10}{'reducer':<9}{'trainable':>10}{'step s':>9}{'spread':>8}{'time':>7}"
-          f"{'saved MB':>10}{'memory':>8}{'qkv W MB':>10}{'mem excl W':>11}")
+          f"{'MB/video':>10}{'memory':>8}{'fixed MB':>10}")
     for r in rows:
-        mb = 2**20
         print(f"{r['model']:<10}{r['reducer']:<9}{r['trainable']:>10,}{r['step_s']:>9.3f}"
-              f"{r['timing']['spread']:>8.1%}{r['time_ratio']:>7.2f}{r['saved_bytes'] / mb:>10.1f}"
-              f"{r['memory_ratio']:>8.2f}{r['qkv_weight_bytes'] / mb:>10.1f}"
-              f"{r['memory_ratio_tokens']:>11.2f}")
+              f"{r['timing']['spread']:>8.1%}{r['time_ratio']:>7.2f}"
+              f"{r['act_per_video'] / MB:>10.1f}{r['memory_ratio']:>8.2f}{r['act_fixed'] / MB:>10.1f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--train-model", default="ViT-B-32", help="'' to skip the training step")
-    p.add_argument("--train-batch", type=int, default=4)
+    p.add_argument("--train-batch", type=int, default=2)
     p.add_argument("--train-repeats", type=int, default=5)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0,
@@ -202,8 +180,9 @@ def _run(a: argparse.Namespace) -> None:
         train = bench_train_step(a.train_model, a.frames, a.train_batch, 1, a.train_repeats,
                                  device=a.device)
         print(f"\ntraining step (forward+backward, frozen CLIP + LoRA r=8 both towers + temporal "
-              f"embeddings; batch {a.train_batch}; saved = bytes saved for backward, params "
-              f"excluded; time/memory relative to none):")
+              f"embeddings; batch {a.train_batch}; MB/video = bytes saved for backward per extra "
+              f"video, params excluded; fixed = batch-independent saved bytes; time and memory "
+              f"relative to none):")
         _print_train(train)
     if a.json:
         with open(a.json, "w") as f:
