@@ -120,3 +120,19 @@ def test_optimizer_excludes_norms_biases_and_scale_from_decay(tiny_model):
     assert id(named["clip.visual.transformer.resblocks.0.attn.in_proj_bias"]) in no_decay
     assert id(named["clip.visual.transformer.resblocks.0.attn.in_proj_weight"]) in decay
     assert [g["weight_decay"] for g in opt.param_groups] == [0.0, 0.2]
+
+
+def test_time_budget_schedule_follows_the_clock_when_behind():
+    from tokred.retrieval import WarmupCosine
+
+    sched = WarmupCosine(total_steps=100, warmup=0.1, budget_s=60.0)
+    sched.set_elapsed(0.0)
+    assert sched(50) == pytest.approx(0.5 * (1 + math.cos(math.pi * 40 / 90)), abs=1e-3)
+    sched.set_elapsed(33.0)  # 55 % of the budget spent at step 10: the clock leads
+    assert sched(10) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)), abs=1e-3)
+    sched.set_elapsed(30.0)  # warm-up counts steps whatever the clock says
+    assert sched(1) == pytest.approx(0.2)
+    sched.set_elapsed(60.0)
+    assert sched(20) == pytest.approx(0.0, abs=1e-6) and sched.time_fraction() >= 1.0
+    sched.pause()
+    assert sched.elapsed == pytest.approx(60.0, abs=1e-2)  # what a checkpoint stores

@@ -255,16 +255,17 @@ def make_optimizer(
 
 
 class WarmupCosine:
-    """LR factor: linear warm-up then cosine to zero, over steps or a time budget.
+    """LR factor: linear warm-up over steps, then cosine to zero over steps or a time budget.
 
-    Progress is ``step / total_steps``, or, with ``budget_s``, the larger of that and the
-    elapsed fraction of the budget, so a slow (or shared) machine still anneals fully by the
-    deadline. Step-based progress is deterministic; time-based progress is not (a resumed run
-    continues the clock from the checkpoint's ``elapsed``).
+    Warm-up always counts steps (``warmup * total_steps`` of them: stability needs steps, not
+    seconds). The cosine's progress is ``step / total_steps``, or, with ``budget_s``, the
+    larger of that and the elapsed fraction of the budget, so a slow (or shared) machine still
+    anneals fully by the deadline. Step-based progress is deterministic; time-based progress is
+    not (a resumed run continues the clock from the checkpoint's ``elapsed``).
     """
 
     def __init__(self, total_steps: int, warmup: float, budget_s: float | None = None) -> None:
-        self.total, self.warmup, self.budget_s = total_steps, warmup, budget_s
+        self.total, self.budget_s = total_steps, budget_s
         self.warm = max(1, int(round(warmup * total_steps))) if warmup > 0 else 0
         self.elapsed, self._t0 = 0.0, None
 
@@ -286,14 +287,10 @@ class WarmupCosine:
         return self.clock() / self.budget_s if self.budget_s else 0.0
 
     def __call__(self, step: int) -> float:
-        frac = self.time_fraction()
-        if frac > step / self.total:  # behind schedule: follow the clock
-            if frac < self.warmup:
-                return frac / self.warmup
-            return _cosine((frac - self.warmup) / max(1e-9, 1 - self.warmup))
-        if step < self.warm:
-            return (step + 1) / self.warm
-        return _cosine((step - self.warm) / max(1, self.total - self.warm))
+        ramp = (step + 1) / self.warm if step < self.warm else 1.0
+        w = self.warm / self.total
+        progress = max(step / self.total, self.time_fraction())
+        return min(ramp, _cosine((progress - w) / (1 - w)) if progress > w else 1.0)
 
 
 def _cosine(progress: float) -> float:
