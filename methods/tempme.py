@@ -30,8 +30,10 @@ class TempMe(TokenReducer):
 
     Args:
         r: ImgMe merges per frame and block before the first ClipMe layer.
-        merge_layers: 0-based ClipMe layers, strictly increasing.
-        merge_frames: clips joined at each ClipMe layer; their product must equal ``T``.
+        merge_layers: 0-based ClipMe layers, strictly increasing (a sequence, or the official
+            dash form ``"8-9-10"``, which also passes through ``tokred bench`` specs).
+        merge_frames: clips joined at each ClipMe layer; their product must equal ``T``
+            (sequence or ``"2-2-3"``).
         cross: proportion of the joined tokens merged before attention (ClipMe cross-clip).
         intra: proportion of the tokens merged after attention from the first ClipMe layer on.
         frame_pos: learn a temporal embedding per incoming clip at every ClipMe layer.
@@ -49,8 +51,8 @@ class TempMe(TokenReducer):
     def __init__(
         self,
         r: int = 2,
-        merge_layers: Sequence[int] = (8, 9, 10),
-        merge_frames: Sequence[int] = (2, 2, 3),
+        merge_layers: Sequence[int] | str = (8, 9, 10),
+        merge_frames: Sequence[int] | str = (2, 2, 3),
         cross: float = 0.3,
         intra: float = 0.1,
         frame_pos: bool = True,
@@ -58,8 +60,8 @@ class TempMe(TokenReducer):
     ) -> None:
         super().__init__()
         self.r = r
-        self.merge_layers = tuple(merge_layers)
-        self.merge_frames = tuple(merge_frames)
+        self.merge_layers = _ints(merge_layers, "merge_layers")
+        self.merge_frames = _ints(merge_frames, "merge_frames")
         self.cross = cross
         self.intra = intra
         self.frame_pos = frame_pos
@@ -185,6 +187,17 @@ class TempMe(TokenReducer):
         return (f"r={self.r}, merge_layers={list(self.merge_layers)}, "
                 f"merge_frames={list(self.merge_frames)}, cross={self.cross}, intra={self.intra}, "
                 f"frame_pos={self.frame_pos}, prop_attn={self.prop_attn}")
+
+
+def _ints(value: Sequence[int] | str, name: str) -> tuple[int, ...]:
+    """A tuple from a sequence or the official dash form (``"8-9-10"``)."""
+    if isinstance(value, str):
+        try:
+            return tuple(int(v) for v in value.split("-"))
+        except ValueError:
+            raise ValueError(f"TempMe {name}={value!r}: use ints joined by '-' (e.g. '8-9-10') "
+                             f"or a list") from None
+    return tuple(value)
 
 
 def _clips_in(merge_frames: Sequence[int], frames: int) -> tuple[int, ...]:

@@ -243,6 +243,16 @@ def test_temporal_parameters_setup_is_idempotent_and_saved():
     assert all(p is not q and torch.all(p == 0) for p, q in zip(reducer.temporal, first))
 
 
+def test_dash_form_from_bench_specs():
+    from tokred.bench import parse_reducer
+
+    name, opts = parse_reducer("tempme:merge_layers=6-8-10,merge_frames=3-2-2,r=3")
+    reducer = create_reducer(name, **opts)
+    assert (reducer.merge_layers, reducer.merge_frames, reducer.r) == ((6, 8, 10), (3, 2, 2), 3)
+    with pytest.raises(ValueError, match=r"merge_frames='2-x'.*'8-9-10'"):
+        TempMe(merge_frames="2-x")
+
+
 def test_no_frame_pos_has_no_parameters():
     assert list(_setup(TempMe(frame_pos=False)).parameters()) == []
 
