@@ -61,9 +61,10 @@ class CenterCLIP(TokenReducer):
         - Sizes: CenterCLIP tracks no token sizes and has no proportional attention; the kept
           tokens get size 1 (a medoid stands for itself), so a later size-aware reducer
           (e.g. ``Chain(CenterCLIP(), ToMe())``) starts from unit sizes.
-        - Clustering always runs in fp32 with autocast disabled (the official code casts with
-          ``custom_fwd``), under ``no_grad``; the medoid gather is outside, so gradients reach
-          the kept tokens.
+        - Clustering runs in fp32 with autocast disabled on every device (the official
+          ``torch.cuda.amp.custom_fwd`` casts only under CUDA autocast, so CPU bf16 autocast
+          would cluster in bf16 there). As there, selection is under ``no_grad`` and the medoid
+          gather outside it, so gradients reach the kept tokens.
         - Batched over every segment of every video at once with ``O(n^2)`` memory per segment
           (the official medoid update forms a ``[B, K, n, n]`` tensor) and without the
           ``split_size`` chunking.
@@ -72,7 +73,10 @@ class CenterCLIP(TokenReducer):
         - Spectral variant: ``eigh`` of ``L_sym`` instead of an SVD (same eigenvectors for this
           symmetric positive semi-definite matrix), no sign correction (distances between the
           embedded rows do not depend on eigenvector signs).
-        - Several clustering layers are supported (the released code clusters once).
+        - Several clustering layers take one ``layer`` list with per-layer ``segments``/``k``
+          lists (the official code configures them through per-block argparse lists).
+        - Not implemented: the official ``aggregation`` (mean of each cluster instead of its
+          medoid), ``pre_norm``, cluster/frame embeddings and the spatio-temporal graph mask.
     """
 
     def __init__(

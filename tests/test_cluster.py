@@ -81,7 +81,7 @@ def ref_kmedoids(pts, k, distance="euclidean", p=2.0, iters=100, threshold=1e-6)
     med = ref_kkz(pts, d, k)
     for _ in range(iters):
         new = ref_update(d, ref_assign(d, med), k)
-        shift = sum(float((pts[a] - pts[b]).double().norm()) for a, b in zip(new, med))
+        shift = sum(d[a][b] for a, b in zip(new, med))
         med = new
         if shift < threshold:
             break

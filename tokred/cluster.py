@@ -66,11 +66,13 @@ def pairwise_distance(x: Tensor, distance: str = "euclidean", p: float = 2.0) ->
         if distance == "cosine":
             u = x / (x.norm(dim=-1, keepdim=True) + 1e-6)
             d = 1.0 - u @ u.transpose(1, 2)  # [R, n, n]
-        elif p == 2.0:
-            d = torch.cdist(x, x, compute_mode="use_mm_for_euclid_dist")
+        elif p == 2.0:  # ||a||^2 + ||b||^2 - 2 a.b: one bmm, as cdist's mm mode, fewer passes
+            sq = (x * x).sum(dim=-1)  # [R, n]
+            d = torch.baddbmm(sq[:, :, None], x, x.transpose(1, 2), alpha=-2.0)
+            d = d.add_(sq[:, None, :]).clamp_min_(0.0).sqrt_()
         else:
             d = torch.cdist(x, x, p=p)
-        d.diagonal(dim1=1, dim2=2).zero_()  # mm-based cdist leaves rounding noise there
+        d.diagonal(dim1=1, dim2=2).zero_()  # the mm form leaves rounding noise there
         return d
 
 
@@ -81,14 +83,17 @@ def kkz_init(x: Tensor, dist: Tensor, k: int) -> Tensor:
     nearest seed. Ties go to the lowest index; a chosen point is never chosen again.
     """
     rows, n = dist.shape[:2]
-    r = torch.arange(rows, device=dist.device)
+    flat = dist.reshape(rows * n, n)  # row r*n + i = distances from point i of set r
+    offset = torch.arange(rows, device=dist.device) * n
     seeds = torch.empty(rows, k, dtype=torch.long, device=dist.device)
-    seeds[:, 0] = x.float().norm(dim=-1).argmax(dim=-1)
-    nearest = dist[r, seeds[:, 0]].clone()  # [R, n] distance to the nearest seed
+    seed = x.float().norm(dim=-1).argmax(dim=-1)  # [R]
+    seeds[:, 0] = seed
+    nearest = flat.index_select(0, seed + offset)  # [R, n] distance to the nearest seed
     for i in range(1, k):
-        nearest.scatter_(1, seeds[:, i - 1 : i], -1.0)  # below every real distance
-        seeds[:, i] = nearest.argmax(dim=-1)
-        nearest = torch.minimum(nearest, dist[r, seeds[:, i]])
+        nearest.scatter_(1, seed[:, None], -1.0)  # below every real distance: never re-chosen
+        seed = nearest.argmax(dim=-1)
+        seeds[:, i] = seed
+        torch.minimum(nearest, flat.index_select(0, seed + offset), out=nearest)
     return seeds
 
 
@@ -99,7 +104,7 @@ def assign_points(dist: Tensor, medoids: Tensor) -> Tensor:
     medoid is a duplicate point at distance 0), so no cluster is empty.
     """
     rows, k = medoids.shape
-    assign = rows_gather(dist, medoids).argmin(dim=1)  # [R, K, n] -> [R, n]
+    assign = rows_gather(dist, medoids).min(dim=1).indices  # [R, K, n] -> [R, n], first min
     slots = torch.arange(k, device=dist.device).expand(rows, k)
     return assign.scatter(1, medoids, slots)
 
@@ -107,12 +112,13 @@ def assign_points(dist: Tensor, medoids: Tensor) -> Tensor:
 def update_medoids(dist: Tensor, assign: Tensor, k: int) -> Tensor:
     """Per cluster, the member with the smallest sum of distances to the other members.
 
-    Computed for all clusters at once from the ``[R, n, n]`` same-cluster mask (no ``[K, n, n]``
-    tensor, no loop over clusters). Ties go to the lowest point index. Returns ``[R, K]``.
+    Computed for all clusters at once: ``dist @ onehot(assign)`` gives every point's summed
+    distance to every cluster ``[R, n, K]`` (one bmm; no ``[K, n, n]`` tensor, no loop over
+    clusters). Ties go to the lowest point index. Returns ``[R, K]``.
     """
     rows, n = assign.shape
-    same = assign[:, :, None] == assign[:, None, :]  # [R, n, n]
-    cost = torch.where(same, dist, 0.0).sum(dim=-1)  # [R, n] sum to own cluster mates
+    onehot = dist.new_zeros(rows, n, k).scatter_(2, assign[..., None], 1.0)  # [R, n, K]
+    cost = torch.bmm(dist, onehot).gather(2, assign[..., None]).squeeze(2)  # [R, n] own cluster
     best = cost.new_full((rows, k), float("inf")).scatter_reduce(1, assign, cost, "amin")
     point = torch.arange(n, device=dist.device).expand(rows, n)
     cand = torch.where(cost == best.gather(1, assign), point, n)  # [R, n]
@@ -131,9 +137,11 @@ def kmedoids(
     """k-medoids++ of each of ``R`` point sets ``x [R, n, C]`` into ``k`` clusters.
 
     Alternates assignment and medoid update from the KKZ seeds. A row stops when the summed
-    movement of its medoids ``sum_k ||x[new_k] - x[old_k]||`` falls below ``threshold`` (the
-    official code stops the whole batch on the batch mean; stopping per row makes a video's
-    result independent of the other videos in the batch). Medoids are returned ascending.
+    movement of its medoids ``sum_k d(new_k, old_k)`` falls below ``threshold``, ``d`` being the
+    clustering distance (the official code stops the whole batch on the batch mean of the L2
+    movement, which is the same quantity for the default euclidean distance; stopping per row
+    makes a video's result independent of the other videos in its batch). Medoids are returned
+    ascending.
 
     Args:
         x: ``[R, n, C]`` points (any dtype; clustered in fp32).
@@ -155,7 +163,7 @@ def kmedoids(
         while rounds < iters and bool(active.any()):
             rounds += 1
             new = update_medoids(dist, assign_points(dist, med), k)
-            shift = rows_gather(x, new).sub_(rows_gather(x, med)).norm(dim=-1).sum(dim=-1)
+            shift = _pair_distance(dist, new, med).sum(dim=-1)  # [R]
             med = torch.where(active[:, None], new, med)  # converged rows stay frozen
             active &= shift >= threshold
         med = med.sort(dim=-1).values
@@ -206,6 +214,13 @@ def spectral_kmedoids(
     """
     q = spectral_embedding(x, k, sigma=sigma, graph=graph, knn=knn)
     return kmedoids(q, k, distance=distance, p=p, iters=iters, threshold=threshold)
+
+
+def _pair_distance(dist: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``dist[r, a[r, j], b[r, j]]`` for index pairs ``a, b [R, K]`` -> ``[R, K]``."""
+    rows, n = dist.shape[:2]
+    base = torch.arange(rows, device=dist.device)[:, None] * (n * n)
+    return dist.reshape(-1)[base + a * n + b]
 
 
 def rows_gather(x: Tensor, idx: Tensor) -> Tensor:
