@@ -95,7 +95,7 @@ class SynthConfig:
 
     seed: int = 0
     train_videos: int = 2000
-    test_videos: int = 400
+    test_videos: int = 500
     frames: int = 16
     size: int = 64
     fps: int = 4
