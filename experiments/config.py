@@ -138,13 +138,13 @@ def reducer_points(loc: Located, where: tuple) -> list[tuple[str, dict, str]]:
     return [(n, o, line) for n, o, line, _ in reducer_entries(loc, where)]
 
 
-def reducer_entries(loc: Located, where: tuple) -> list[tuple[str, dict, str, list | None]]:
-    """Like :func:`reducer_points`, plus each entry's own ``modes`` (None: section default)."""
+def reducer_entries(loc: Located, where: tuple) -> list[tuple[str, dict, str, dict]]:
+    """Like :func:`reducer_points`, plus the entry itself (its ``modes`` / ``finetune``)."""
     entries = _get(loc, where)
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"{loc.where(*where)}: 'reducers' must be a non-empty list of reducer "
                           f"names or {{name, options, sweep}} mappings")
-    points: list[tuple[str, dict, str, list | None]] = []
+    points: list[tuple[str, dict, str, dict]] = []
     for i, entry in enumerate(entries):
         at = where + (i,)
         if isinstance(entry, str):
@@ -162,7 +162,7 @@ def reducer_entries(loc: Located, where: tuple) -> list[tuple[str, dict, str, li
         keys = list(sweep)
         for combo in itertools.product(*(sweep[k] for k in keys)):
             points.append((entry["name"], {**fixed, **dict(zip(keys, combo))}, loc.where(*at),
-                           entry.get("modes")))
+                           entry))
     return points
 
 
@@ -251,10 +251,13 @@ def _quality_trials(loc: Located) -> list[Trial]:
         "seed": int(loc.data.get("seed", 0)),
     }
     trials = []
-    for name, options, line, own in reducer_entries(loc, ("quality", "reducers")):
+    for name, options, line, entry in reducer_entries(loc, ("quality", "reducers")):
         check_reducer(name, options, model, frames, line, ConfigError)
-        for mode in modes if own is None else _modes(loc, (), own, line):
-            extra = {"finetune": sec.get("finetune") or {}} if mode == "finetuned" else {}
+        own = entry.get("finetune") or {}
+        _check_keys(loc, (), own, _recipe_keys(), f"finetune of entry at {line}", ConfigError)
+        recipe = {**(sec.get("finetune") or {}), **own}
+        for mode in _modes(loc, (), entry["modes"], line) if "modes" in entry else modes:
+            extra = {"finetune": recipe} if mode == "finetuned" else {}
             trials.append(make_trial("quality", {**common, **extra, "mode": mode,
                                                  "reducer": name, "options": options}))
     return trials

@@ -68,7 +68,7 @@ def provenance_figure(records: list[dict], path: Path, max_frames: int = 12) -> 
     frames = records[0]["metrics"]["frames"]
     shown = min(frames, max_frames)
     fig, axes = plt.subplots(len(records), shown, figsize=(0.95 * shown + 1.9,
-                                                           1.0 * len(records) + 0.4),
+                                                           1.0 * len(records) + 0.35),
                              squeeze=False)
     for row, rec in zip(axes, records):
         m = rec["metrics"]
@@ -82,7 +82,9 @@ def provenance_figure(records: list[dict], path: Path, max_frames: int = 12) -> 
             if rec is records[0]:
                 ax.set_title(f"frame {f}", fontsize=7)
         row[0].set_ylabel(_row_label(rec), rotation=0, ha="right", va="center", fontsize=7)
-    fig.tight_layout(pad=0.3)
+    width = fig.get_figwidth()
+    fig.subplots_adjust(left=1.75 / width, right=0.995, top=1 - 0.3 / fig.get_figheight(),
+                        bottom=0.02, wspace=0.05, hspace=0.08)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     weights = {r["settings"].get("weights", "random") for r in records}

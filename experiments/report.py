@@ -172,6 +172,19 @@ def _write_csv(df: pd.DataFrame, path: Path) -> None:
     df.drop(columns=drop).to_csv(path, index=False)
 
 
+def _saved_config(inputs: list[str]):
+    """The config a single sweep dir was run with (selects its trials), else None (all)."""
+    if len(inputs) != 1 or not (Path(inputs[0]) / "config.yaml").is_file():
+        return None
+    from .config import ConfigError, load_config
+
+    try:
+        return load_config(Path(inputs[0]) / "config.yaml")
+    except ConfigError as err:  # e.g. MSR-VTT data missing here: report every record instead
+        log.warning("not selecting trials by %s: %s", Path(inputs[0]) / "config.yaml", err)
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -184,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     if not result_files(a.inputs):
         print(f"no results*.jsonl in {a.inputs}", file=sys.stderr)
         return 2
-    print(f"report: {write_report(a.inputs, out)}")
+    print(f"report: {write_report(a.inputs, out, config=_saved_config(a.inputs))}")
     return 0
 
 

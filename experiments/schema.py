@@ -65,6 +65,7 @@ REDUCER_KEYS = {
     "options": "fixed keyword options of the reducer",
     "sweep": "option -> list of values; every combination becomes a trial",
     "modes": "quality only: this entry's modes (default: the section's modes)",
+    "finetune": "quality only: recipe keys overriding quality.finetune for this entry",
 }
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import shutil
 import sys
 import time
 import traceback
@@ -61,6 +62,7 @@ def run_one(trial: Trial, ctx, cfg: SweepConfig, extra: dict) -> dict:
     from .trials import run_trial
 
     t0, started = time.perf_counter(), dt.datetime.now(dt.timezone.utc).isoformat()
+    cpu0 = time.process_time()
     record = {"id": trial.id, "kind": trial.kind, "settings": trial.settings, "config": cfg.name,
               "label": cfg.label, "started": started, **extra}
     try:
@@ -72,6 +74,7 @@ def run_one(trial: Trial, ctx, cfg: SweepConfig, extra: dict) -> dict:
         log.error("trial %s (%s) failed: %s", trial.id, trial.title, err)
         record.update(status="error", error=f"{type(err).__name__}: {err}", traceback=tb)
     record["seconds"] = time.perf_counter() - t0
+    record["cpu_seconds"] = time.process_time() - cpu0  # all threads; wall time on a shared box
     return record
 
 
@@ -84,6 +87,7 @@ def run_sweep(cfg: SweepConfig, out: Path, shard: tuple[int, int] | None = None,
     from .trials import Context, versions
 
     out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(cfg.path, out / "config.yaml")  # the report CLI reads it to select trials
     todo = pending(cfg, out, shard)
     mine = sum(in_shard(t, shard) for t in cfg.trials)
     print(f"{cfg.name}: {len(cfg.trials)} trials, {mine} in this shard, "
@@ -141,10 +145,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     counts = {"error": 0}
     if not a.only_report:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         counts = run_sweep(cfg, out, shard, a.device, progress=not a.no_progress)
-        print(f"ran {sum(counts.values())} trials in {time.perf_counter() - t0:.0f} s: "
-              f"{counts['ok']} ok, {counts['error']} errors")
+        print(f"ran {sum(counts.values())} trials in {time.perf_counter() - t0:.0f} s wall, "
+              f"{time.process_time() - cpu0:.0f} s CPU: {counts['ok']} ok, "
+              f"{counts['error']} errors")
     if not a.no_report and (shard is None or a.only_report):
         from .report import write_report
 
