@@ -373,7 +373,12 @@ def measure(
 
 
 def _table(records: list[dict], batch_sizes: Sequence[int]) -> str:
-    """A readable table; speed-up and its GMACs ideal are relative to ``none`` on that model."""
+    """A readable table; speed-up and its GMACs ideal are relative to ``none`` on that model.
+
+    Speed-up is measured at the largest batch size; ``ratio`` = speed-up / ideal. ``act MB`` is
+    the training activation memory per video (full fine-tuning, LoRA), ``RSS`` the peak
+    resident growth in MB of inference, a full and a LoRA training step (with ``--rss``).
+    """
     base = {r["model"]: r for r in records if r["reducer"] == "none" and not r["options"]}
     big = str(max(batch_sizes))
     head = (
@@ -381,7 +386,7 @@ def _table(records: list[dict], batch_sizes: Sequence[int]) -> str:
         f"{'tok out':>8}"
         + "".join(f"{'v/s@' + str(b):>9}" for b in batch_sizes)
         + f"{'spread':>7}{'speedup':>8}{'ideal':>7}{'ratio':>6}{'train s':>8}"
-        f"{'act MB':>8}{'LoRA MB':>8}"
+        f"{'act MB':>8}{'LoRA MB':>8}{'RSS inf':>8}{'RSS tr':>8}{'RSS trL':>8}"
     )
     lines = [head, "-" * len(head)]
     for r in records:
@@ -406,6 +411,8 @@ def _table(records: list[dict], batch_sizes: Sequence[int]) -> str:
             + _f(r.get("train_step_s"), 8, 2)
             + _f(r.get("activation_mb_per_video_full"), 8, 1)
             + _f(r.get("activation_mb_per_video_lora"), 8, 1)
+            + "".join(_f(r.get(f"peak_rss_mb_{k}"), 8, 0)
+                      for k in ("infer_full", "train_full", "train_lora"))
         )
     return "\n".join(lines)
 
