@@ -70,7 +70,7 @@ REGIONS = (  # [row][column] of GRID cells, for the static event object
 GRID = (16, 32, 48)  # lane / slot centres on the 64 px reference canvas
 LARGE, SMALL = 9.0, 3.0  # object radii on the 64 px canvas (large ~2 patches at 56 px / 8)
 TYPES = ("static", "direction", "order", "small")
-GENERATOR_VERSION = 3  # bump whenever the same config would render different videos
+GENERATOR_VERSION = 4  # bump whenever the same config would render different videos
 
 
 @dataclass(frozen=True)
@@ -157,10 +157,10 @@ def _background(seed: int, n: int) -> np.ndarray:
     """Static smooth texture: grey base + tint + three low-frequency waves, ``[n, n, 3]``."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:n, 0:n] / n
-    img = np.full((n, n), rng.uniform(85, 135))
+    img = np.full((n, n), rng.uniform(95, 140))  # black (25) and white (245) stay apart
     for _ in range(3):
         fx, fy = rng.integers(-3, 4, size=2)
-        img += rng.uniform(8, 16) * np.sin(
+        img += rng.uniform(6, 12) * np.sin(
             2 * np.pi * (fx * x + fy * y) + rng.uniform(0, 2 * np.pi)
         )
     tint = rng.uniform(-10, 10, size=3)
