@@ -158,3 +158,17 @@ def test_unsupported_tower_is_refused():
     rn = open_clip.create_model("RN50")
     with pytest.raises(ValueError, match="visual tower"):
         apply_lora(rn, towers=("visual",))
+
+
+def test_state_dict_round_trip(clip):
+    params = apply_lora(clip, rank=4)
+    _randomise_b(params)
+    state = clip.state_dict()
+    assert any(k.endswith("parametrizations.in_proj_weight.0.B") for k in state)
+    torch.manual_seed(5)
+    other = create_clip("scale-B32").eval()
+    apply_lora(other, rank=4)
+    other.load_state_dict(state)
+    imgs = _images()
+    with torch.no_grad():
+        assert torch.equal(other.encode_image(imgs), clip.encode_image(imgs))
