@@ -177,3 +177,9 @@ def test_clip_preprocess_matches_pil_pipeline() -> None:
 def test_bad_sampling_is_not_a_decode_error(clip: tuple[Path, np.ndarray]) -> None:
     with pytest.raises(ValueError, match="sampling"):
         read_video(clip[0], 4, sampling="random")
+
+
+def test_probe_video_agrees(clip: tuple[Path, np.ndarray]) -> None:
+    from tokred.data.video import probe_video
+
+    assert probe_video(clip[0], "decord") == probe_video(clip[0], "pyav") == (N_FRAMES, FPS)
