@@ -27,7 +27,8 @@ def installed(tmp_path_factory):
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
                     "--no-build-isolation", "--target", str(target), str(src)],
                    check=True, capture_output=True)
-    assert "drop_half" not in list_reducers()
+    if "drop_half" in list_reducers():
+        pytest.skip("drop_half is already installed here; uninstall it to test the install path")
     sys.path.insert(0, str(target))
     yield target
     sys.path.remove(str(target))
@@ -57,6 +58,7 @@ def test_runs_in_the_encoder_with_its_exact_schedule(installed, scale):
         VideoEncoder(scale, create_reducer("drop_half", layer=12), frames=12)
 
 
+@pytest.mark.slow
 def test_smoke_sweep_by_name(installed, tmp_path):
     from experiments import sweep
     from experiments.records import read_records

@@ -166,6 +166,7 @@ def test_failing_trial_is_recorded_and_retried(tmp_path, monkeypatch):
     assert real is not trials.cost_trial
 
 
+@pytest.mark.slow
 def test_kill_mid_trial_then_resume_runs_every_trial_once(tmp_path):
     cfg = write(tmp_path, COST.replace("repeats: 1", "repeats: 3"))
     out = tmp_path / "out"
