@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Callable
@@ -62,6 +63,21 @@ def paper_reducers(model: str) -> list[tuple[str, dict]]:
         if name != "none":
             out += [(name, dict(o)) for o in table.get(name, [{}])]
     return out
+
+
+# "cpu": process CPU time. On a machine shared with other jobs, time-slicing inflates wall time
+# by whatever else runs; CPU time of a one-thread run counts only this process's own compute
+# (cache and memory-bandwidth contention still show). Use it with --threads 1, on CPU only.
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def clock_fn(name: str, device: str = "cpu") -> Callable[[], float]:
+    """The timer for ``name``; CPU time is refused on CUDA (kernels run off the CPU clock)."""
+    if name not in CLOCKS:
+        raise ValueError(f"clock must be one of {sorted(CLOCKS)}, got {name!r}")
+    if name == "cpu" and torch.device(device).type != "cpu":
+        raise ValueError("clock='cpu' measures host CPU time; on a GPU use clock='wall'")
+    return CLOCKS[name]
 
 
 class LoRAUnavailable(RuntimeError):
@@ -324,13 +340,16 @@ def measure(
     train_batch: int = 2,
     text_tokens: int = 32,
     speed: bool = True,
+    clock: str = "wall",
 ) -> dict:
     """One cost record for ``model_name`` with reducer ``reducer_name(**options)``.
 
     Analytic MACs are always computed (milliseconds); fvcore (a few seconds), activation memory
     (two training forwards per mode), peak RSS (four subprocesses), throughput and training step
     time are each optional. Every GMACs value is per video (per caption for text); FLOPs = 2 x.
+    ``clock="cpu"`` times with the process CPU time (see :data:`CLOCKS`).
     """
+    tick = clock_fn(clock, device)
     built = build(model_name, reducer_name, options, frames, device=device)
     rec = {
         "model": model_name,
@@ -346,7 +365,7 @@ def measure(
         rec.update(fvcore_record(built, frames, rec))
     if speed:
         t = inference_throughput(
-            built.encoder, frames, batch_sizes, warmup, repeats, device, precision
+            built.encoder, frames, batch_sizes, warmup, repeats, device, precision, tick
         )
         _put_speed(rec, t)
     if activation:
@@ -365,10 +384,11 @@ def measure(
             device=device,
             precision=precision,
             repeats=max(1, repeats // 2),
+            clock=tick,
         )
         rec["train_step_s"], rec["train_step_spread"] = t.median, t.spread
         rec["train_batch"] = train_batch
-    rec["env"] = environment(device, precision)
+    rec["env"] = {**environment(device, precision), "clock": clock}
     return rec
 
 
@@ -449,6 +469,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rss", action="store_true",
                    help="peak RSS in fresh subprocesses (slow); on CUDA, peak allocated memory")
     p.add_argument("--skip-speed", action="store_true", help="no inference throughput")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="wall time, or process CPU time (with --threads 1 on a shared CPU)")
     p.add_argument("--train-step", action="store_true", help="also time a training step")
     p.add_argument("--train-batch", type=int, default=2)
     p.add_argument("--out", help="append one JSON line per record to this file")
@@ -481,7 +503,7 @@ def _measure_model(model: str, a: argparse.Namespace) -> list[dict]:
                           device=a.device, fvcore=not a.skip_fvcore,
                           activation=not a.skip_memory, rss=a.rss, train_step=a.train_step,
                           train_batch=a.train_batch,
-                          speed=a.rounds <= 1 and not a.skip_speed)
+                          speed=a.rounds <= 1 and not a.skip_speed, clock=a.clock)
         except (ImportError, ValueError, TypeError, KeyError) as err:
             print(f"skipped {model} {name} {opts}: {err}")
             continue
@@ -491,7 +513,8 @@ def _measure_model(model: str, a: argparse.Namespace) -> list[dict]:
         encoders = {i: build(model, r["reducer"], r["options"], frames, device=a.device).encoder
                     for i, r in enumerate(records)}
         timings = interleaved_throughput(encoders, frames, a.batch_sizes, a.rounds, a.warmup,
-                                         a.repeats, a.device, a.precision)
+                                         a.repeats, a.device, a.precision,
+                                         clock_fn(a.clock, a.device))
         for i, rec in enumerate(records):
             _put_speed(rec, timings[i])
             rec["speed_rounds"] = a.rounds
