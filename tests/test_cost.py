@@ -272,6 +272,18 @@ def test_train_step_time_trains_and_times():
     assert not enc.training
 
 
+def test_clock_choice():
+    import time
+
+    from tokred.cost.measure import clock_fn
+
+    assert clock_fn("cpu") is time.process_time and clock_fn("wall") is time.perf_counter
+    with pytest.raises(ValueError, match="on a GPU use clock='wall'"):
+        clock_fn("cpu", "cuda")
+    with pytest.raises(ValueError, match="clock must be one of"):
+        clock_fn("tsc")
+
+
 def test_autocast_contexts():
     with autocast("cpu", "bf16"):
         y = nn.Linear(4, 4)(torch.randn(2, 4))
