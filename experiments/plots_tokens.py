@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import colorsys
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -51,9 +52,10 @@ def paint(frames: np.ndarray, owner: np.ndarray, grid: int) -> np.ndarray:
 
 def _row_label(rec: dict) -> str:
     s, m = rec["settings"], rec["metrics"]
-    opts = " ".join(f"{k}={v}" for k, v in sorted(s["options"].items()))
-    return (f"{s['reducer']} {opts}\n{m['out_rows'] * m['out_tokens']} tokens out\n"
-            f"{m['merged_tokens']} merged, {m['dropped']} dropped")
+    opts = textwrap.fill(" ".join(f"{k}={v}" for k, v in sorted(s["options"].items())), 24)
+    head = f"{s['reducer']}\n{opts}" if opts else s["reducer"]
+    return (f"{head}\n{m['out_rows'] * m['out_tokens']} tokens out\n"
+            f"{m['merged_tokens']} merged tokens\n{m['dropped']} patches dropped")
 
 
 def provenance_figure(records: list[dict], path: Path, max_frames: int = 12) -> str:
@@ -67,8 +69,8 @@ def provenance_figure(records: list[dict], path: Path, max_frames: int = 12) -> 
                                              str(r["settings"]["options"])))
     frames = records[0]["metrics"]["frames"]
     shown = min(frames, max_frames)
-    fig, axes = plt.subplots(len(records), shown, figsize=(0.95 * shown + 1.9,
-                                                           1.0 * len(records) + 0.35),
+    fig, axes = plt.subplots(len(records), shown, figsize=(0.95 * shown + 2.0,
+                                                           1.05 * len(records) + 0.35),
                              squeeze=False)
     for row, rec in zip(axes, records):
         m = rec["metrics"]
@@ -83,7 +85,7 @@ def provenance_figure(records: list[dict], path: Path, max_frames: int = 12) -> 
                 ax.set_title(f"frame {f}", fontsize=7)
         row[0].set_ylabel(_row_label(rec), rotation=0, ha="right", va="center", fontsize=7)
     width = fig.get_figwidth()
-    fig.subplots_adjust(left=1.75 / width, right=0.995, top=1 - 0.3 / fig.get_figheight(),
+    fig.subplots_adjust(left=1.95 / width, right=0.995, top=1 - 0.3 / fig.get_figheight(),
                         bottom=0.02, wspace=0.05, hspace=0.08)
     fig.savefig(path, dpi=110)
     plt.close(fig)
