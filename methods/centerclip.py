@@ -21,7 +21,7 @@ from tokred.cluster import (
 
 IntOrList = Union[int, list]
 ALGORITHMS = ("kmedoids", "spectral")
-ITERS_ESTIMATE = 10  # typical k-medoids rounds to convergence (5-8 seen on ViT-B tokens)
+ITERS_ESTIMATE = 10  # k-medoids rounds assumed by work_macs (4-8 seen on random-weight ViT-B)
 
 
 @register_reducer("centerclip")
@@ -134,8 +134,11 @@ class CenterCLIP(TokenReducer):
         return kmedoids(points, k, **opts).medoids
 
     def knn_for(self, join: int, per_seq: int) -> int:
-        """Neighbours of the KNN graph: ``knn``, else the official adaptive ``5 * fd``, +5 when
-        the incoming sequences have >= 100 patch tokens (ViT-B/16's 14x14 grid)."""
+        """Neighbours of the KNN graph: ``knn`` if set, else the official adaptive rule.
+
+        The rule is ``5 * fd``, plus 5 when the incoming sequences have >= 100 patch tokens
+        (ViT-B/16's 14x14 grid).
+        """
         if self.knn is not None:
             return self.knn
         return 5 * join + (5 if per_seq >= 100 else 0)
@@ -144,7 +147,8 @@ class CenterCLIP(TokenReducer):
         """Clustering MACs per video: distance matrices, KKZ seeding, ~10 k-medoids rounds.
 
         Per segment of ``n`` points and width ``C``: ``n^2 C`` (distance matrix),
-        ``K n`` (KKZ), and per round ``K n`` (assignment) + ``n^2`` (masked cluster sums);
+        ``K n`` (KKZ), and per round ``K n`` (assignment) + ``n^2 K`` (the bmm of the medoid
+        update);
         the spectral variant adds the graph (``n^2 C``), ``~3 n^3`` for the eigendecomposition
         and a distance matrix of the ``K``-dimensional embedding (``n^2 K``).
         """
@@ -152,7 +156,7 @@ class CenterCLIP(TokenReducer):
         total = 0.0
         for st in plan_segments(spec, self.layer, self.segments, self.k, name="centerclip"):
             n, k = st.points, st.k
-            per_seg = n * n * spec.width + k * n + ITERS_ESTIMATE * (k * n + n * n)
+            per_seg = n * n * spec.width + k * n + ITERS_ESTIMATE * (k * n + n * n * k)
             if self.algorithm == "spectral":
                 per_seg += 3.0 * n**3 + n * n * k
             total += st.segments * per_seg

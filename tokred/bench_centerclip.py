@@ -6,6 +6,10 @@ configurations are timed in interleaved rounds so that load from other processes
 alike), the measured speed-up over no reduction, the ideal speed-up (GMACs ratio) and their
 ratio, and the share of the forward time spent in the clustering step (the reducer's
 ``pre_block`` at each clustering layer, timed on its own on the real block input).
+
+On a shared CPU, ``--threads 1`` avoids OpenMP threads waiting for each other under load (with 2
+threads and a busy machine every parallel op can stall for a scheduler slice, which inflates the
+many small ops of the clustering far more than the large GEMMs of the blocks).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from .cost.analytic import gmacs
 from .cost.throughput import Timing, environment, time_calls
 from .models import create_video_encoder
 from .registry import create_reducer
+from .state import TokenState
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +43,8 @@ SPECTRAL = [("spectral B6-4,49", "ViT-B-32", "centerclip",
 class Case:
     """One configuration: encoder, fixed input, trace, and its timing closures."""
 
-    def __init__(self, label, model, name, opts, batch, frames, seed=0) -> None:
+    def __init__(self, label: str, model: str, name: str, opts: dict, batch: int, frames: int,
+                 seed: int = 0) -> None:
         torch.manual_seed(seed)
         self.label, self.model, self.batch = label, model, batch
         self.reducer = create_reducer(name, **opts)
@@ -50,7 +56,7 @@ class Case:
         self.cluster_times: list[float] = []
         self._inputs = self._cluster_inputs()
 
-    def _cluster_inputs(self) -> list[tuple[int, object]]:
+    def _cluster_inputs(self) -> list[tuple[int, TokenState]]:
         """The real block input at every clustering layer (computed once)."""
         layers = sorted(getattr(self.reducer, "steps", {}))
         out = []
@@ -91,7 +97,7 @@ class Case:
                 "ratio": speedup / ideal, "cluster_share": share, "timing": fwd.to_dict()}
 
 
-def run(args) -> list[dict]:
+def run(args: argparse.Namespace) -> list[dict]:
     batches = {"b32": args.b32_batch, "b16": args.b16_batch}
     configs = CONFIGS + (SPECTRAL if args.spectral else [])
     configs = [c for c in configs if c[1] in args.models]
