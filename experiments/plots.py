@@ -41,6 +41,13 @@ def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.asarray(front, dtype=int)
 
 
+def swept_label(options: dict, all_options: list[dict]) -> str:
+    """``k=v`` for the options that vary along a reducer's line (short point labels)."""
+    keys = sorted({k for o in all_options for k in o})
+    varying = [k for k in keys if len({repr(o.get(k)) for o in all_options}) > 1]
+    return " ".join(f"{k}={options.get(k)}" for k in varying)
+
+
 def tradeoff_figure(q: pd.DataFrame, xcol: str, xlabel: str, path: Path, title: str,
                     lower_is_better: bool = True) -> bool:
     """R-Sum vs a cost column, one panel per mode, one line per reducer, Pareto front dashed."""
@@ -56,9 +63,9 @@ def tradeoff_figure(q: pd.DataFrame, xcol: str, xlabel: str, path: Path, title: 
             gr = gr.sort_values(xcol)
             ax.plot(gr[xcol], gr["R-Sum"], "o-", color=colours[red], label=red, ms=5)
             for _, row in gr.iterrows():
-                opts = row["setting"].removeprefix(red).strip()
-                if opts:
-                    ax.annotate(opts, (row[xcol], row["R-Sum"]), fontsize=6,
+                label = swept_label(row["options"], list(gr["options"]))
+                if label:
+                    ax.annotate(label, (row[xcol], row["R-Sum"]), fontsize=6,
                                 xytext=(3, 3), textcoords="offset points")
         x, y = g[xcol].to_numpy(float), g["R-Sum"].to_numpy(float)
         front = pareto_front(x if lower_is_better else -x, y)
