@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -57,7 +58,7 @@ class BenchConfig:
     eval_frames: int = 12
     batch_size: int = 128
     steps: int = 600
-    lr: float = 2e-3
+    lr: float = 1e-3
     warmup: float = 0.05
     weight_decay: float = 0.2
     time_budget: float = 8.0
@@ -156,6 +157,17 @@ def evaluate_reducer(ckpt: str, reducer: str, options: dict, data: BenchData,
     return res
 
 
+def pick_threads() -> int:
+    """All cores, or 1 on an oversubscribed machine (load above the core count), where
+    OpenMP threads of one process wait on each other and a step gets 10-30x slower."""
+    cores, load = os.cpu_count() or 1, os.getloadavg()[0]
+    if load > cores:
+        log.warning("machine busy (load %.1f on %d cores): training with 1 thread; timings and "
+                    "the time-budgeted base training will suffer", load, cores)
+        return 1
+    return cores
+
+
 def _strip(stats: dict, **kw) -> dict:
     keep = {k: v for k, v in stats.items() if k not in ("losses", "config")}
     return {**keep, **kw, "dataset": "synthetic", "first_loss": (stats["losses"] or [None])[0]}
@@ -165,8 +177,8 @@ def run(cfg: BenchConfig) -> list[dict]:
     """The whole benchmark; appends every record to ``out/results.jsonl``."""
     from .registry import list_reducers
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    cfg = replace(cfg, threads=cfg.threads or pick_threads())
+    torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

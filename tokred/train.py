@@ -420,7 +420,7 @@ def _loop(
 
     t0, losses, stopped = time.perf_counter(), [], None
     bar = _progress(info, total, step)
-    log_file = (out / "train_log.jsonl").open("a") if info.is_main else None
+    log_file = (out / "train_log.jsonl").open("a", buffering=1) if info.is_main else None
     while step < total and stopped is None:
         epoch, offset = divmod(step, steps_per_epoch)
         ds.set_epoch(epoch)
