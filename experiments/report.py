@@ -60,7 +60,7 @@ def cost_section(df: pd.DataFrame, pubs: list[dict]) -> tuple[list[str], pd.Data
     return lines, df
 
 
-def quality_section(df: pd.DataFrame, pubs: list[dict], label: str) -> list[str]:
+def quality_section(df: pd.DataFrame, pubs: list[dict]) -> list[str]:
     lines = ["## Retrieval quality", ""]
     if df.empty:
         return lines + ["(no finished quality trials)", ""]
@@ -128,7 +128,6 @@ def write_report(inputs: list[str | Path], out: str | Path, config=None) -> Path
     pubs = load_published()
     cost, quality = cost_frame(records), quality_frame(records)
     name = getattr(config, "name", None) or Path(inputs[0]).name
-    label = getattr(config, "label", "") or ""
     lines = [f"# Sweep report: {name}", ""]
     desc = (getattr(config, "raw", {}) or {}).get("description")
     if desc:
@@ -139,7 +138,7 @@ def write_report(inputs: list[str | Path], out: str | Path, config=None) -> Path
               f"{len(records) - ok} failed. Tables: `cost.csv`, `quality.csv`.", ""]
     lines += _env_lines(records)
     cost_lines, cost = cost_section(cost, pubs)
-    lines += cost_lines + quality_section(quality, pubs, label)
+    lines += cost_lines + quality_section(quality, pubs)
     figures = make_figures(cost, quality, out, records)
     if figures:
         lines += ["## Figures", ""]
