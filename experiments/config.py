@@ -131,6 +131,8 @@ def _cost_trials(loc: Located) -> list[Trial]:
             "memory": bool(merged.get("memory", True)),
             "fvcore": bool(merged.get("fvcore", True)),
         }
+        if "clock" in merged:  # only when set, so existing trial ids do not change
+            base["clock"] = str(merged["clock"])
         where = at + ("reducers",) if "reducers" in run else ("cost", "reducers")
         for name, options, line in reducer_points(loc, where):
             check_reducer(name, options, base["backbone"], base["frames"], line, ConfigError)

@@ -23,6 +23,8 @@ RUN_KEYS = {
     "repeats": "timed repeats per batch size (median reported)",
     "warmup": "discarded warm-up calls per batch size",
     "memory": "also measure activation memory of one training step (true/false)",
+    "clock": "timer for throughput: wall (default) or cpu (process CPU time, for 1-thread runs "
+             "on a shared machine; tokred.cost.measure)",
     "fvcore": "cross-check the analytic GMACs with fvcore (true/false; a few seconds each)",
     "reducers": "list of reducers: name or {name, options, sweep}",
 }

@@ -87,7 +87,8 @@ def cost_trial(s: dict, ctx: Context) -> dict:
         return _cost_direct(s, ctx)
     rec = measure(s["backbone"], s["reducer"], s["options"], s["frames"],
                   batch_sizes=s["batch_sizes"], repeats=s["repeats"], warmup=s["warmup"],
-                  device=ctx.device, fvcore=s.get("fvcore", True), activation=s["memory"])
+                  device=ctx.device, fvcore=s.get("fvcore", True), activation=s["memory"],
+                  **({"clock": s["clock"]} if "clock" in s else {}))
     return normalise_measure(rec)
 
 
