@@ -181,3 +181,19 @@ def test_work_macs_grows_with_segment_size(b32):
     w4 = work()
     assert 0 < w4 < work(segments=3) and w4 < work(algorithm="spectral")
     assert work(layer=[6, 9], segments=[4, 2], k=[49, 30]) > w4
+
+
+def test_bench_case_times_the_clustering_step_on_its_real_input():
+    from tokred.bench_centerclip import Case
+
+    base = Case("none", "scale-B32", "none", {}, 2, 12)
+    case = Case("cc", "scale-B32", "centerclip", {"segments": 3}, 2, 12)
+    assert base._inputs == [] and [layer for layer, _ in case._inputs] == [6]
+    s = case._inputs[0][1]
+    assert (s.groups, s.tokens, s.batch) == (12, 50, 2)  # block-6 input, before clustering
+    for c in (base, case):
+        c.time(warmup=0, repeats=2)
+    row = case.row(base)
+    assert row["tokens"] == [600] * 6 + [150] * 6
+    assert row["ideal_speedup"] == pytest.approx(row["speedup"] / row["ratio"])
+    assert 0 < row["cluster_share"] < 1 and len(case.cluster_times) == 2
