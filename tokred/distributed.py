@@ -120,21 +120,18 @@ def share_grad(t: Tensor, world: int | None = None) -> Tensor:
     return t.detach() + (t - t.detach()) / world
 
 
-def all_reduce_mean(value: float, device: str = "cpu") -> float:
-    """Mean of a Python scalar across ranks (for logging)."""
-    info = current()
-    if not info.distributed:
-        return float(value)
-    t = torch.tensor([float(value)], device=device)
-    dist.all_reduce(t)
-    return float(t.item()) / info.world
+def _comm_device() -> torch.device:
+    """NCCL only moves CUDA tensors; gloo takes CPU ones."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
-def broadcast_scalar(value: float, src: int = 0, device: str = "cpu") -> float:
+def broadcast_scalar(value: float, src: int = 0) -> float:
     """Rank ``src``'s value of a Python scalar on every rank."""
     if not current().distributed:
         return float(value)
-    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    t = torch.tensor([float(value)], dtype=torch.float64, device=_comm_device())
     dist.broadcast(t, src)
     return float(t.item())
 

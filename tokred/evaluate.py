@@ -217,7 +217,7 @@ def format_metrics(res: dict) -> str:
             f"  {tag}{kind:<10} n={m['count']:<4} t2v R@1 {m['t2v_R@1']:.1f}  "
             f"R@5 {m['t2v_R@5']:.1f}  R@10 {m['t2v_R@10']:.1f}"
         )
-    if "twin_accuracy" in res:
+    if res.get("twin_pairs"):
         lines.append(
             f"  {tag}twin-pair accuracy {100 * res['twin_accuracy']:.1f}% "
             f"({res['twin_pairs']} pairs; 50% = order-blind)"
