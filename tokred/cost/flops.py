@@ -69,6 +69,15 @@ NO_ARITHMETIC = frozenset({
 })
 
 
+
+def _with_inplace(ops: frozenset) -> frozenset:
+    """The ops and their in-place variants (``aten::sqrt`` -> also ``aten::sqrt_``)."""
+    return ops | {op + "_" for op in ops if not op.endswith("_")}
+
+
+ELEMENTWISE = _with_inplace(ELEMENTWISE)
+NO_ARITHMETIC = _with_inplace(NO_ARITHMETIC)
+
 def _shape(v: Any) -> list[int]:
     return v.type().sizes()
 
