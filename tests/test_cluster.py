@@ -220,3 +220,14 @@ def test_plan_segments_two_layers():
 def test_plan_segments_errors_name_the_numbers(kw, match):
     with pytest.raises(ValueError, match=match):
         plan_segments(SPEC, **kw)
+
+
+def test_memory_stays_at_a_few_n_by_n_matrices():
+    # ViT-B/16 segment: n = 588 points, K = 160. A [K, n, n] fp32 tensor would be 221 MB.
+    from torch.profiler import ProfilerActivity, profile
+
+    x = _points(1, 588, 64, seed=1)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        kmedoids(x, 160)
+    peak_op = max(e.self_cpu_memory_usage for e in prof.key_averages())
+    assert 0 < peak_op <= 4 * 588 * 588 * 4  # at most a few [n, n] fp32 matrices per op
