@@ -155,15 +155,16 @@ def write_report(inputs: list[str | Path], out: str | Path, config=None) -> Path
 
 
 def _env_lines(records: list[dict]) -> list[str]:
-    envs = {tuple(sorted((r.get("versions") or {}).items())) for r in records}
-    if not envs:
+    versions = [r.get("versions") or {} for r in records]
+    if not versions:
         return []
-    v = dict(next(iter(envs)))
+    v = versions[-1]
+    commits = sorted({x.get("git") or "?" for x in versions})
+    hosts = sorted({x.get("host") or "?" for x in versions})
     return [f"Environment: torch {v.get('torch')}, open_clip {v.get('open_clip')}, tokred "
-            f"{v.get('tokred')} (git {v.get('git') or '?'}), {v.get('cpu')} with "
-            f"{v.get('threads')} threads, device {records[0].get('device', 'cpu')}"
-            + (f" ({len(envs)} distinct environments across files)" if len(envs) > 1 else "")
-            + ".", ""]
+            f"{v.get('tokred')}, {v.get('cpu')} with {v.get('threads')} threads, device "
+            f"{records[-1].get('device', 'cpu')}; git commit(s) {', '.join(commits)}; "
+            f"host(s) {', '.join(hosts)}.", ""]
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> None:

@@ -160,3 +160,21 @@ def test_setting_labels():
     assert setting("none", {}) == "none"
     assert setting("tempme", {"merge_frames": [2, 2, 3], "cross": 0.3}) == \
         "tempme cross=0.3 merge_frames=2,2,3"
+
+
+def test_published_rows_beside_matching_msrvtt_results(tmp_path):
+    recs = []
+    for i, (red, opts) in enumerate([("none", {}), ("centerclip", {"segments": 4}),
+                                     ("centerclip", {"segments": 6})]):
+        r = quality_rec(i, red, opts, "finetuned", 400.0, 40.0)
+        r["settings"].update(model="ViT-B-32", data={"kind": "msrvtt", "root": "x"})
+        recs.append(r)
+        append_record(tmp_path / "results.jsonl", r)
+    text = write_report([tmp_path], tmp_path / "report").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| msrvtt")]
+    settings = [row.split(" | ")[1] for row in rows]
+    assert settings == ["centerclip segments=4", "published: k-medoids++ B6-4;49",
+                        "centerclip segments=6", "none", "published: CLIP4Clip meanP (B/32)"]
+    pub = rows[1].split(" | ")
+    assert pub[2] == "15.0 GB (V100)" and pub[4] == "43.60"  # MeM and t2v R@1 of Table 3b
+    assert "SYNTHETIC" not in "\n".join(rows)
