@@ -12,8 +12,12 @@ from tokred.retrieval import RetrievalModel, configure_trainable, make_optimizer
 from tokred.train import TrainConfig, train_step
 
 GLOBAL_BATCH = 4
-CAPTIONS = ["a red circle moves left", "a blue square appears", "a small green cross",
-            "a white triangle moves up"]
+CAPTIONS = [
+    "a red circle moves left",
+    "a blue square appears",
+    "a small green cross",
+    "a white triangle moves up",
+]
 
 
 def tiny_clip():
@@ -32,8 +36,9 @@ def _setup():
     model = RetrievalModel(tiny_clip(), None, frames=2).double()
     configure_trainable(model, "scratch")
     opt = make_optimizer(model, 1e-2, (0.9, 0.98), 0.2)
-    video = torch.randn(GLOBAL_BATCH, 2, 3, 16, 16, generator=torch.Generator().manual_seed(1),
-                        dtype=torch.float64)
+    video = torch.randn(
+        GLOBAL_BATCH, 2, 3, 16, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64
+    )
     # clipping off: Adam's first step (and a clipped gradient) are nearly invariant to a wrong
     # gradient scale, so the gradients themselves are compared as well as the update
     cfg = TrainConfig(mode="scratch", grad_clip=None)
@@ -49,8 +54,13 @@ def _grads(model) -> dict[str, torch.Tensor]:
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
     torch.set_num_threads(1)
     info = D.init_distributed("cpu")
     model, opt, video, cfg = _setup()
@@ -67,8 +77,15 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 def test_two_process_step_equals_single_process(tmp_path):
     model, opt, video, cfg = _setup()
     before = _params(model)
-    loss = train_step(model, [{"frames": video, "caption": CAPTIONS}], opt, None, cfg,
-                      D.DistInfo(), model.tokenizer)
+    loss = train_step(
+        model,
+        [{"frames": video, "caption": CAPTIONS}],
+        opt,
+        None,
+        cfg,
+        D.DistInfo(),
+        model.tokenizer,
+    )
     single, grads = _params(model), _grads(model)
 
     out = str(tmp_path / "rank0.pt")

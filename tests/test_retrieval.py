@@ -55,7 +55,9 @@ def _reference_infonce(t, v, scale):
     n = t.shape[0]
     sim = [[scale * float(t[i] @ v[j]) for j in range(n)] for i in range(n)]
     t2v = sum(-sim[i][i] + math.log(sum(math.exp(s) for s in sim[i])) for i in range(n)) / n
-    v2t = sum(-sim[j][j] + math.log(sum(math.exp(sim[i][j]) for i in range(n))) for j in range(n)) / n
+    v2t = (
+        sum(-sim[j][j] + math.log(sum(math.exp(sim[i][j]) for i in range(n))) for j in range(n)) / n
+    )
     return 0.5 * (t2v + v2t)
 
 
@@ -92,9 +94,15 @@ def tiny_model():
 def test_full_recipe_freezes_exactly_the_clip4clip_embeddings(tiny_model):
     configure_trainable(tiny_model, "full")
     frozen = {n for n, p in tiny_model.clip.named_parameters() if not p.requires_grad}
-    assert frozen == {"visual.conv1.weight", "visual.class_embedding", "visual.positional_embedding",
-                      "visual.ln_pre.weight", "visual.ln_pre.bias", "token_embedding.weight",
-                      "positional_embedding"}
+    assert frozen == {
+        "visual.conv1.weight",
+        "visual.class_embedding",
+        "visual.positional_embedding",
+        "visual.ln_pre.weight",
+        "visual.ln_pre.bias",
+        "token_embedding.weight",
+        "positional_embedding",
+    }
     assert all(n.startswith(FROZEN_EMBEDDINGS) for n in frozen)
     assert tiny_model.clip.logit_scale.requires_grad
 

@@ -38,8 +38,19 @@ def tiny(monkeypatch):
 
 
 def _cfg(synth, out, **kw) -> TrainConfig:
-    base = dict(data="msrvtt", root=str(synth), out=str(out), model="tiny-test", mode="scratch",
-                frames=2, batch_size=4, max_steps=6, lr=1e-2, warmup=0.2, threads=1)
+    base = dict(
+        data="msrvtt",
+        root=str(synth),
+        out=str(out),
+        model="tiny-test",
+        mode="scratch",
+        frames=2,
+        batch_size=4,
+        max_steps=6,
+        lr=1e-2,
+        warmup=0.2,
+        threads=1,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -56,8 +67,9 @@ def test_bf16_autocast_step_on_cpu():
     assert model.clip.visual.proj.dtype == torch.float32
     assert not torch.equal(model.clip.visual.proj, before)
     with pytest.raises(ValueError, match="bf16"):
-        train_step(model, [batch], opt, None, replace(cfg, precision="fp16"), D.DistInfo(),
-                   model.tokenizer)
+        train_step(
+            model, [batch], opt, None, replace(cfg, precision="fp16"), D.DistInfo(), model.tokenizer
+        )
 
 
 def test_resume_continues_at_the_right_step_and_matches(synth, tmp_path, tiny):
@@ -95,9 +107,26 @@ def test_epoch_batches_split_one_global_permutation_over_ranks():
 
 
 def test_cli_flags_map_onto_config():
-    cfg = config_from_args(["--mode", "lora", "--reducer", "tome", "--reducer-options", '{"r": 2}',
-                            "--batch-size", "64", "--no-cache", "--resume"])
-    assert (cfg.mode, cfg.reducer, cfg.reducer_options, cfg.batch_size) == ("lora", "tome", {"r": 2}, 64)
+    cfg = config_from_args(
+        [
+            "--mode",
+            "lora",
+            "--reducer",
+            "tome",
+            "--reducer-options",
+            '{"r": 2}',
+            "--batch-size",
+            "64",
+            "--no-cache",
+            "--resume",
+        ]
+    )
+    assert (cfg.mode, cfg.reducer, cfg.reducer_options, cfg.batch_size) == (
+        "lora",
+        "tome",
+        {"r": 2},
+        64,
+    )
     assert cfg.lr == 6e-4 and cfg.betas == (0.9, 0.999) and cfg.freeze_logit_scale
     assert cfg.cache is False and cfg.resume is True
     assert TrainConfig(mode="full").lr == 5e-6 and TrainConfig(mode="full").betas == (0.9, 0.98)
@@ -109,8 +138,15 @@ def test_lora_finetune_saves_folded_weights_that_reload_equal(synth, tmp_path, t
     from tokred.data import load_split
 
     base = train(_cfg(synth, tmp_path / "base", max_steps=2))
-    cfg = _cfg(synth, tmp_path / "lora", mode="lora", lora_rank=2, init=base["checkpoint"],
-               max_steps=3, lr=5e-2)
+    cfg = _cfg(
+        synth,
+        tmp_path / "lora",
+        mode="lora",
+        lora_rank=2,
+        init=base["checkpoint"],
+        max_steps=3,
+        lr=5e-2,
+    )
     stats = train(cfg)
     split = load_split("msrvtt", synth, "test")
     videos = torch.randn(len(split.videos), 2, 3, 16, 16)

@@ -98,34 +98,69 @@ def prepare_synth(out_dir: str | Path, cfg=None) -> dict:
         if {k: have.get(k) for k in want} == json.loads(json.dumps(want)):
             return {"path": str(out), "synth_s": 0.0, "reused": True, "dataset": "synthetic"}
     generate(out, cfg)
-    return {"path": str(out), "synth_s": time.perf_counter() - t0, "reused": False,
-            "dataset": "synthetic", "train_videos": cfg.train_videos, "test_videos": cfg.test_videos}
+    return {
+        "path": str(out),
+        "synth_s": time.perf_counter() - t0,
+        "reused": False,
+        "dataset": "synthetic",
+        "train_videos": cfg.train_videos,
+        "test_videos": cfg.test_videos,
+    }
 
 
-def load_data(root: str | Path, train_frames: int = 4, eval_frames: int = 12,
-              image_size: int = 56, finetune: bool = True) -> BenchData:
+def load_data(
+    root: str | Path,
+    train_frames: int = 4,
+    eval_frames: int = 12,
+    image_size: int = 56,
+    finetune: bool = True,
+) -> BenchData:
     """Decode and preprocess both splits once (batched); ``finetune`` adds 12-frame train clips."""
     from .data import load_meta, load_split
 
     t0 = time.perf_counter()
-    train_split, test_split = load_split("msrvtt", root, "train"), load_split("msrvtt", root, "test")
-    data = BenchData(train_split, test_split, load_meta(root),
-                     load_videos(train_split, train_frames, image_size),
-                     load_videos(test_split, eval_frames, image_size))
+    train_split, test_split = (
+        load_split("msrvtt", root, "train"),
+        load_split("msrvtt", root, "test"),
+    )
+    data = BenchData(
+        train_split,
+        test_split,
+        load_meta(root),
+        load_videos(train_split, train_frames, image_size),
+        load_videos(test_split, eval_frames, image_size),
+    )
     if finetune:
-        data.train_clips_eval = (data.train_clips if eval_frames == train_frames
-                                 else load_videos(train_split, eval_frames, image_size))
+        data.train_clips_eval = (
+            data.train_clips
+            if eval_frames == train_frames
+            else load_videos(train_split, eval_frames, image_size)
+        )
     data.load_s = time.perf_counter() - t0
     return data
 
 
 def base_config(cfg: BenchConfig, root: str | Path) -> TrainConfig:
     return TrainConfig(
-        data="msrvtt", root=str(root), out=str(Path(cfg.out) / "base"), model=cfg.model,
-        reducer="none", mode="scratch", frames=cfg.eval_frames, train_frames=cfg.train_frames,
-        batch_size=cfg.batch_size, max_steps=cfg.steps, lr=cfg.lr, warmup=cfg.warmup,
-        weight_decay=cfg.weight_decay, precision=cfg.precision, seed=cfg.seed,
-        time_budget=cfg.time_budget, threads=cfg.threads, save_every=100)
+        data="msrvtt",
+        root=str(root),
+        out=str(Path(cfg.out) / "base"),
+        model=cfg.model,
+        reducer="none",
+        mode="scratch",
+        frames=cfg.eval_frames,
+        train_frames=cfg.train_frames,
+        batch_size=cfg.batch_size,
+        max_steps=cfg.steps,
+        lr=cfg.lr,
+        warmup=cfg.warmup,
+        weight_decay=cfg.weight_decay,
+        precision=cfg.precision,
+        seed=cfg.seed,
+        time_budget=cfg.time_budget,
+        threads=cfg.threads,
+        save_every=100,
+    )
 
 
 def train_base(cfg: BenchConfig, data: BenchData, root: str | Path) -> dict:
@@ -134,26 +169,50 @@ def train_base(cfg: BenchConfig, data: BenchData, root: str | Path) -> dict:
     return _strip(stats, trial="train", reducer="none", finetuned=False)
 
 
-def finetune(base_ckpt: str, reducer: str, options: dict, cfg: BenchConfig, data: BenchData,
-             root: str | Path) -> dict:
+def finetune(
+    base_ckpt: str, reducer: str, options: dict, cfg: BenchConfig, data: BenchData, root: str | Path
+) -> dict:
     """Short fine-tune of ``base_ckpt`` with ``reducer`` at ``eval_frames`` frames."""
-    tc = replace(base_config(cfg, root), out=str(Path(cfg.out) / "ft" / reducer), init=base_ckpt,
-                 reducer=reducer, reducer_options=options, mode=cfg.ft_mode,
-                 train_frames=cfg.eval_frames, batch_size=cfg.ft_batch, max_steps=cfg.ft_steps,
-                 lr=cfg.ft_lr, warmup=0.25, time_budget=None, save_every=0, betas=None)
+    tc = replace(
+        base_config(cfg, root),
+        out=str(Path(cfg.out) / "ft" / reducer),
+        init=base_ckpt,
+        reducer=reducer,
+        reducer_options=options,
+        mode=cfg.ft_mode,
+        train_frames=cfg.eval_frames,
+        batch_size=cfg.ft_batch,
+        max_steps=cfg.ft_steps,
+        lr=cfg.ft_lr,
+        warmup=0.25,
+        time_budget=None,
+        save_every=0,
+        betas=None,
+    )
     stats = train(tc, split=data.train, clips=data.train_clips_eval)
     return _strip(stats, trial="finetune", reducer=reducer, finetuned=True)
 
 
-def evaluate_reducer(ckpt: str, reducer: str, options: dict, data: BenchData,
-                     out: str | Path | None = None, finetuned: bool = False) -> dict:
+def evaluate_reducer(
+    ckpt: str,
+    reducer: str,
+    options: dict,
+    data: BenchData,
+    out: str | Path | None = None,
+    finetuned: bool = False,
+) -> dict:
     """Evaluate ``ckpt`` with ``reducer`` on the synthetic test split (+ visual GMACs)."""
     from .cost.analytic import gmacs
 
     model = load_model(ckpt, reducer, options, frames=data.test_clips.shape[1])
     res = evaluate(model, data.test, videos=data.test_clips, synth_meta=data.meta, out=out)
-    res.update(trial="eval", reducer=reducer, options=options, finetuned=finetuned,
-               visual_gmacs=gmacs(model.video.trace()))
+    res.update(
+        trial="eval",
+        reducer=reducer,
+        options=options,
+        finetuned=finetuned,
+        visual_gmacs=gmacs(model.video.trace()),
+    )
     return res
 
 
@@ -162,8 +221,12 @@ def pick_threads() -> int:
     OpenMP threads of one process wait on each other and a step gets 10-30x slower."""
     cores, load = os.cpu_count() or 1, os.getloadavg()[0]
     if load > cores:
-        log.warning("machine busy (load %.1f on %d cores): training with 1 thread; timings and "
-                    "the time-budgeted base training will suffer", load, cores)
+        log.warning(
+            "machine busy (load %.1f on %d cores): training with 1 thread; timings and "
+            "the time-budgeted base training will suffer",
+            load,
+            cores,
+        )
         return 1
     return cores
 
@@ -194,7 +257,9 @@ def run(cfg: BenchConfig) -> list[dict]:
             if ft:
                 stats = finetune(base["checkpoint"], name, opts, cfg, data, out / "synth")
                 ckpt = stats["checkpoint"]
-            rec = evaluate_reducer(ckpt, name, opts, data, out / "eval" / f"{name}{'_ft' if ft else ''}", ft)
+            rec = evaluate_reducer(
+                ckpt, name, opts, data, out / "eval" / f"{name}{'_ft' if ft else ''}", ft
+            )
             rec["trial_s"] = time.perf_counter() - t1
             records.append(rec)
             log.info("%s%s: t2v R@1 %.1f", name, " (fine-tuned)" if ft else "", rec["t2v_R@1"])
@@ -213,27 +278,36 @@ def format_table(records: list[dict]) -> str:
         return "SYNTHETIC: no evaluation records"
     e0 = evals[0]
     types = [t for t in ("static", "direction", "order", "small") if t in e0.get("per_type", {})]
-    lines = [f"SYNTHETIC benchmark (scale model, {e0['num_captions']} test captions / "
-             f"{e0['num_videos']} videos; chance t2v R@1 {e0['chance_R@1']:.2f}%, "
-             f"R@5 {e0['chance_R@5']:.2f}%, R@10 {e0['chance_R@10']:.2f}%)", "",
-             "| reducer | fine-tuned | GMACs | t2v R@1 | x chance | R@5 | R@10 | v2t R@1 | R-Sum | "
-             + " | ".join(f"{t} R@1" for t in types) + " | twin acc | s |",
-             "|" + "---|" * (11 + len(types))]
+    lines = [
+        f"SYNTHETIC benchmark (scale model, {e0['num_captions']} test captions / "
+        f"{e0['num_videos']} videos; chance t2v R@1 {e0['chance_R@1']:.2f}%, "
+        f"R@5 {e0['chance_R@5']:.2f}%, R@10 {e0['chance_R@10']:.2f}%)",
+        "",
+        "| reducer | fine-tuned | GMACs | t2v R@1 | x chance | R@5 | R@10 | v2t R@1 | R-Sum | "
+        + " | ".join(f"{t} R@1" for t in types)
+        + " | twin acc | s |",
+        "|" + "---|" * (11 + len(types)),
+    ]
     for r in evals:
         per = " | ".join(f"{r['per_type'][t]['t2v_R@1']:.1f}" for t in types)
         lines.append(
             f"| {r['reducer']} | {'yes' if r['finetuned'] else 'no'} | {r['visual_gmacs']:.3f} | "
             f"{r['t2v_R@1']:.1f} | {r['t2v_R@1'] / r['chance_R@1']:.0f}x | {r['t2v_R@5']:.1f} | "
             f"{r['t2v_R@10']:.1f} | {r['v2t_R@1']:.1f} | {r['rsum']:.1f} | {per} | "
-            f"{100 * r['twin_accuracy']:.1f} | {r.get('trial_s', r['eval_s']):.0f} |")
+            f"{100 * r['twin_accuracy']:.1f} | {r.get('trial_s', r['eval_s']):.0f} |"
+        )
     for r in records:
         if r.get("trial") == "train":
-            lines.append(f"\nbase training: {r['steps']}/{r['total_steps']} steps in "
-                         f"{r['wall_s']:.0f}s (loss {r['first_loss']:.3f} -> {r['loss']:.3f})"
-                         + (f", stopped early: {r['stopped']}" if r.get("stopped") else ""))
+            lines.append(
+                f"\nbase training: {r['steps']}/{r['total_steps']} steps in "
+                f"{r['wall_s']:.0f}s (loss {r['first_loss']:.3f} -> {r['loss']:.3f})"
+                + (f", stopped early: {r['stopped']}" if r.get("stopped") else "")
+            )
         elif "synth_s" in r:
-            lines.append(f"synth: {r['synth_s']:.0f}s{' (reused)' if r['reused'] else ''}; "
-                         f"decode+preprocess {r.get('load_s', 0):.0f}s")
+            lines.append(
+                f"synth: {r['synth_s']:.0f}s{' (reused)' if r['reused'] else ''}; "
+                f"decode+preprocess {r.get('load_s', 0):.0f}s"
+            )
         elif r.get("trial") == "total":
             lines.append(f"total wall time {r['wall_s']:.0f}s")
     return "\n".join(lines)

@@ -201,8 +201,13 @@ def make_dataset(
 
     split = split if split is not None else _train_split(cfg)
     check_files(split)
-    ds = TrainDataset(split, seed=cfg.seed, num_frames=cfg.train_frames or cfg.frames,
-                      image_size=image_size, sampling=cfg.sampling)
+    ds = TrainDataset(
+        split,
+        seed=cfg.seed,
+        num_frames=cfg.train_frames or cfg.frames,
+        image_size=image_size,
+        sampling=cfg.sampling,
+    )
     if clips is not None:
         want = (len(split.videos), cfg.train_frames or cfg.frames)
         if tuple(clips.shape[:2]) != want:
