@@ -22,7 +22,7 @@ from .tables import RANK_COLS, cost_frame, load_published, published_for, qualit
 log = logging.getLogger(__name__)
 
 COST_COLS = ["setting", "GMACs", "fvcore GMACs", "GMACs %", "reducer GMACs", "tokens out",
-             "act. MiB/video", "memory %", "ms/video", "videos/s", "speed-up",
+             "act. MiB/video", "memory %", "ms/video", "videos/s", "timing spread", "speed-up",
              "trainable params", "trainable (LoRA)"]
 QUALITY_COLS = ["data", "setting", "MeM act. MiB/video", "ms/video", *RANK_COLS, "R-Sum",
                 "GMACs", "tokens out", "trainable params", "twin acc."]
@@ -49,7 +49,11 @@ def cost_section(df: pd.DataFrame, pubs: list[dict]) -> tuple[list[str], pd.Data
              "autograd saves, so device-independent). Speed = median wall time of "
              "inference on this machine's CPU (ms per video at the best batch size). "
              "'paper' columns: the published MSR-VTT ratio to the baseline for the same "
-             "setting (training GPU memory and inference speed on V100), where one exists.", ""]
+             "setting (training GPU memory and inference speed on V100), where one exists. "
+             "'timing spread' is the half inter-quartile range over repeats relative to the "
+             "median: on a shared or busy machine (or with shards running side by side) the "
+             "speed columns are only as good as it says; GMACs, tokens and memory are exact.",
+             ""]
     if df.empty:
         return lines + ["(no finished cost trials)", ""], df
     paper = df.apply(lambda r: _published_cost(pubs, r), axis=1, result_type="expand")

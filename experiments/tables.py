@@ -43,6 +43,14 @@ def normalise_measure(rec: dict) -> dict:
     return out
 
 
+def _spread(m: dict) -> float:
+    """Relative half-IQR of the timing at the best batch size (noise indicator)."""
+    runs = list((m.get("throughput") or {}).values())
+    if not runs:
+        return math.nan
+    return max(runs, key=lambda r: r["videos_per_s"]).get("spread", math.nan)
+
+
 def cost_frame(records: list[dict]) -> pd.DataFrame:
     """One row per finished cost trial, with ratios to ``none`` on the same backbone and T."""
     rows = []
@@ -59,6 +67,7 @@ def cost_frame(records: list[dict]) -> pd.DataFrame:
             "reducer GMACs": m.get("reducer_gmacs", 0.0), "tokens out": m["tokens_out"],
             "act. MiB/video": m.get("activation_mib", math.nan),
             "ms/video": m["ms_per_video"], "videos/s": m["videos_per_s"],
+            "timing spread": _spread(m),
             "fvcore GMACs": m.get("fvcore_gmacs", math.nan),
             "trainable params": m.get("trainable_params", 0),
             "trainable (LoRA)": m.get("trainable_params_lora"),
@@ -67,8 +76,18 @@ def cost_frame(records: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     if df.empty:
         return df
-    df = df.sort_values(["backbone", "reducer", "GMACs"], ascending=[True, True, False])
+    df = df.assign(_order=df["reducer"].map(reducer_rank))
+    df = df.sort_values(["backbone", "_order", "reducer", "GMACs"],
+                        ascending=[True, True, True, False]).drop(columns="_order")
     return _add_ratios(df, ["backbone", "frames"])
+
+
+ORDER = ("none", "tome", "tempme", "centerclip", "pooling", "sparse")
+
+
+def reducer_rank(name: str) -> int:
+    """Table order: the baseline first, then the papers' reducers, then the rest."""
+    return ORDER.index(name) if name in ORDER else len(ORDER)
 
 
 def _add_ratios(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -113,8 +132,10 @@ def quality_frame(records: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     if df.empty:
         return df
-    return df.sort_values(["model", "mode", "reducer", "GMACs"],
-                          ascending=[True, False, True, False]).reset_index(drop=True)
+    df = df.assign(_order=df["reducer"].map(reducer_rank))
+    return df.sort_values(["model", "mode", "_order", "reducer", "GMACs"],
+                          ascending=[True, False, True, True, False]
+                          ).drop(columns="_order").reset_index(drop=True)
 
 
 def load_published(path: Path = PUBLISHED_CSV) -> list[dict]:
@@ -178,6 +199,10 @@ def to_markdown(df: pd.DataFrame, floatfmt: str = ".2f") -> str:
     def cell(v) -> str:
         if v is None or (isinstance(v, float) and math.isnan(v)):
             return "-"
+        if isinstance(v, float) and v.is_integer() and abs(v) >= 1000:
+            return f"{int(v):,}"
+        if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 10000:
+            return f"{v:,}"
         if isinstance(v, float):
             return format(v, floatfmt)
         return str(v)
