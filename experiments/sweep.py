@@ -136,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("experiments").setLevel(logging.INFO)
+    for handler in logging.getLogger().handlers:  # random weights are intended in cost trials
+        handler.addFilter(lambda r: not r.getMessage().startswith("No pretrained weights"))
     out = Path(a.out)
     try:
         shard = parse_shard(a.shard)
