@@ -19,10 +19,22 @@ log = logging.getLogger(__name__)
 GMACS_LABEL = "visual GMACs per video (10$^9$ multiply-accumulates; GFLOPs = 2 x GMACs)"
 
 
+FIXED = {"none": 7, "tome": 0, "tempme": 1, "centerclip": 2, "pooling": 3, "sparse": 4}
+
+
 def reducer_colours(names) -> dict[str, tuple]:
-    """A fixed colour per reducer name (sorted, so every figure agrees)."""
+    """The same colour for a reducer in every figure (built-ins fixed, others after them)."""
     cmap = plt.get_cmap("tab10")
-    return {n: cmap(i % 10) for i, n in enumerate(sorted(set(names)))}
+    others = [n for n in sorted(set(names)) if n not in FIXED]
+    spare = [i for i in range(10) if i not in FIXED.values()]
+    colours = {n: cmap(i) for n, i in FIXED.items()}
+    colours.update({n: cmap(spare[i % len(spare)]) for i, n in enumerate(others)})
+    return colours
+
+
+def backbones(c: pd.DataFrame) -> list[str]:
+    """Backbones ordered from cheapest to most expensive (ViT-B/32 before ViT-B/16)."""
+    return list(c.groupby("backbone")["GMACs"].max().sort_values().index)
 
 
 def _legend_outside(ax) -> None:
@@ -86,13 +98,15 @@ def memory_figure(c: pd.DataFrame, path: Path) -> bool:
     c = c.dropna(subset=["act. MiB/video"])
     if c.empty:
         return False
-    bbs = list(dict.fromkeys(c["backbone"]))
+    bbs = backbones(c)
     colours = reducer_colours(c["reducer"])
-    fig, axes = plt.subplots(1, len(bbs), figsize=(5 * len(bbs), 0.32 * c.groupby("backbone").size().max() + 1.6), squeeze=False)
+    rows = c.groupby("backbone").size().max()
+    fig, axes = plt.subplots(1, len(bbs), figsize=(6.5 * len(bbs), 0.32 * rows + 1.6),
+                             squeeze=False)
     for ax, bb in zip(axes[0], bbs):
         g = c[c["backbone"] == bb].sort_values("act. MiB/video")
         ax.barh(g["setting"], g["act. MiB/video"], color=[colours[r] for r in g["reducer"]])
-        ax.set_xlabel("activation memory of one training step (MiB per video)")
+        ax.set_xlabel("training activations per video (MiB, full fine-tuning)")
         ax.set_title(f"{bb}, {g['frames'].iloc[0]} frames (random weights)", fontsize=10)
         ax.tick_params(axis="y", labelsize=7)
         ax.grid(axis="x", alpha=0.3)
@@ -106,7 +120,7 @@ def tokens_figure(c: pd.DataFrame, path: Path) -> bool:
     c = c[c["attn_tokens"].map(len) > 0] if not c.empty else c
     if c.empty:
         return False
-    bbs = list(dict.fromkeys(c["backbone"]))
+    bbs = backbones(c)
     colours = reducer_colours(c["reducer"])
     styles = ["-", "--", ":", "-."]
     fig, axes = plt.subplots(1, len(bbs), figsize=(5.5 * len(bbs) + 2, 4.2), squeeze=False)
@@ -131,7 +145,7 @@ def speed_figure(c: pd.DataFrame, path: Path) -> bool:
     """Measured throughput vs GMACs, with the ideal (throughput proportional to 1/GMACs)."""
     if c.empty:
         return False
-    bbs = list(dict.fromkeys(c["backbone"]))
+    bbs = backbones(c)
     colours = reducer_colours(c["reducer"])
     fig, axes = plt.subplots(1, len(bbs), figsize=(5.2 * len(bbs) + 1.8, 4.2), squeeze=False)
     for ax, bb in zip(axes[0], bbs):
