@@ -21,8 +21,8 @@ from .tables import RANK_COLS, cost_frame, load_published, published_for, qualit
 
 log = logging.getLogger(__name__)
 
-COST_COLS = ["setting", "weights", "GMACs", "fvcore GMACs", "GMACs %", "reducer GMACs", "tokens out",
-             "act. MiB/video", "memory %", "ms/video", "videos/s", "timing spread", "speed-up",
+COST_COLS = ["setting", "weights", "GMACs", "fvcore GMACs", "GMACs %", "reducer GMACs",
+             "tokens out", "act. MiB/video", "memory %", "ms/video", "videos/s", "timing spread", "speed-up",
              "trainable params", "trainable (LoRA)"]
 QUALITY_COLS = ["data", "setting", "MeM act. MiB/video", "ms/video", *RANK_COLS, "R-Sum",
                 "GMACs", "tokens out", "trainable params", "twin acc."]
