@@ -11,6 +11,8 @@ SIGIR 2022 (k-medoids++ = KKZ initialisation + alternating k-medoids; spectral v
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -35,19 +37,11 @@ class Clusters(NamedTuple):
     iters: int
 
 
-class _fp32:
+@contextmanager
+def _fp32(x: Tensor) -> Iterator[None]:
     """``no_grad`` + autocast off on the tensor's device: clustering always runs in fp32."""
-
-    def __init__(self, x: Tensor) -> None:
-        self.ctx = [torch.no_grad(), torch.autocast(x.device.type, enabled=False)]
-
-    def __enter__(self) -> None:
-        for c in self.ctx:
-            c.__enter__()
-
-    def __exit__(self, *exc) -> None:
-        for c in reversed(self.ctx):
-            c.__exit__(*exc)
+    with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+        yield
 
 
 def pairwise_distance(x: Tensor, distance: str = "euclidean", p: float = 2.0) -> Tensor:
