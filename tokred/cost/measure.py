@@ -495,6 +495,7 @@ def _measure_model(model: str, a: argparse.Namespace) -> list[dict]:
     frames = a.timm_frames if model.startswith(TIMM_PREFIX) else a.frames
     specs = (paper_reducers(model) if a.reducers == ["paper"]
              else [parse_reducer(s) for s in a.reducers])
+    interleave = a.rounds > 1 and not a.skip_speed
     records = []
     for name, opts in specs:
         try:
@@ -503,13 +504,15 @@ def _measure_model(model: str, a: argparse.Namespace) -> list[dict]:
                           device=a.device, fvcore=not a.skip_fvcore,
                           activation=not a.skip_memory, rss=a.rss, train_step=a.train_step,
                           train_batch=a.train_batch,
-                          speed=a.rounds <= 1 and not a.skip_speed, clock=a.clock)
+                          speed=not interleave and not a.skip_speed, clock=a.clock)
         except (ImportError, ValueError, TypeError, KeyError) as err:
             print(f"skipped {model} {name} {opts}: {err}")
             continue
         records.append(rec)
         print(f"measured {model} {name} {opts}: {rec['gmacs']:.2f} GMACs", flush=True)
-    if a.rounds > 1 and records and not a.skip_speed:
+        if not interleave:
+            _append(a.out, [rec])  # written at once: a killed run keeps what it measured
+    if interleave and records:
         encoders = {i: build(model, r["reducer"], r["options"], frames, device=a.device).encoder
                     for i, r in enumerate(records)}
         timings = interleaved_throughput(encoders, frames, a.batch_sizes, a.rounds, a.warmup,
@@ -518,10 +521,14 @@ def _measure_model(model: str, a: argparse.Namespace) -> list[dict]:
         for i, rec in enumerate(records):
             _put_speed(rec, timings[i])
             rec["speed_rounds"] = a.rounds
-    if a.out:
-        with open(a.out, "a") as f:
-            f.writelines(json.dumps(rec) + "\n" for rec in records)
+        _append(a.out, records)
     return records
+
+
+def _append(path: str | None, records: list[dict]) -> None:
+    if path:
+        with open(path, "a") as f:
+            f.writelines(json.dumps(rec) + "\n" for rec in records)
 
 
 def _put_speed(rec: dict, timings: dict) -> None:
