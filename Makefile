@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 CONFIG ?= experiments/configs/default.yaml
 OUT    ?= runs/default
 
-.PHONY: install test lint sweep bench measure clean
+.PHONY: install test lint sweep bench bench-centerclip bench-tempme measure scale-bench clean
 
 install: $(STAMP)
 
@@ -29,8 +29,17 @@ sweep: install
 bench: install
 	$(PY) -m tokred.cli bench
 
+bench-centerclip: install
+	$(PY) -m tokred.cli bench-centerclip --spectral
+
+bench-tempme: install
+	$(PY) -m tokred.cli bench-tempme
+
 measure: install
 	$(PY) -m tokred.cli measure
+
+scale-bench: install
+	$(PY) -m tokred.cli scale-bench --out runs/scale
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache build *.egg-info

@@ -10,10 +10,13 @@ import sys
 COMMANDS = {
     "list": ("tokred.cli:list_main", "list the available reducers and their options"),
     "bench": ("tokred.bench:main", "speed of reducers vs none on random weights"),
+    "bench-centerclip": ("tokred.bench_centerclip:main", "CenterCLIP speed, incl. time in clustering"),
+    "bench-tempme": ("tokred.bench_tempme:main", "TempMe speed and LoRA training step vs none"),
     "measure": ("tokred.cost.measure:main", "GMACs (analytic + fvcore), memory, throughput records"),
     "synth": ("tokred.data.synth:main", "generate the synthetic video-text benchmark"),
     "train": ("tokred.train:main", "fine-tune a retrieval model (full or LoRA; DDP via torchrun)"),
     "eval": ("tokred.evaluate:main", "evaluate retrieval (R@K, MdR, MnR, R-Sum)"),
+    "scale-bench": ("tokred.scale_bench:main", "SYNTHETIC quality benchmark of every reducer"),
 }
 
 
@@ -34,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: tokred COMMAND [options]\n\ncommands:")
         for name, (_, text) in COMMANDS.items():
-            print(f"  {name:<9} {text}")
+            print(f"  {name:<17} {text}")
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
     if cmd not in COMMANDS:
