@@ -72,15 +72,21 @@ def _check_fvcore(visual, name, opts, reference):
     analytic = visual_macs(trace)
     assert count.unaccounted == {}, "an op with arithmetic escaped every handle"
     assert count.by_op["scaled_dot_product_attention"] > 0
-    proj = 12 * visual.visual.proj.numel() if name != "centerclip" else 0
-    extra = enc.reducer.work_macs(trace)
-    # the readout projection and the reducer's own work are the only contractions beyond the
-    # analytic visual count; both are < 1 % of it
-    assert abs(count.macs - analytic) / analytic < 0.01
-    assert abs(count.macs - analytic - extra - proj) / analytic < 0.01
+    # the layers' own ops (linear, conv, SDPA) are exactly what the analytic formula counts
+    assert abs(count.layer_macs - analytic) / analytic < 0.01
+    assert count.layer_macs == analytic
+    # the rest is the readout projection of the CLS tokens and the reducer's own work
+    with torch.inference_mode():
+        size = enc.spec.image_size
+        readout_tokens = enc.encode_frames(torch.zeros(1, 12, 3, size, size)).shape[1]
+    proj = readout_tokens * visual.visual.proj.numel()
+    assert count.rest_macs >= proj
+    print(f"{name} {opts}: analytic {analytic / 1e9:.3f}, fvcore layers "
+          f"{count.layer_macs / 1e9:.3f}, reducer work measured "
+          f"{(count.rest_macs - proj) / 1e9:.3f} (estimate {enc.reducer.work_macs(trace) / 1e9:.3f})")
     if name == "none":
         assert round(analytic / 1e9, 2) == reference
-        assert count.macs - analytic == proj  # exact: nothing else is a contraction
+        assert count.rest_macs == proj  # nothing else is a contraction
 
 
 def test_fused_mha_and_sdpa_are_counted(clip_b32):

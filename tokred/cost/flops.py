@@ -70,6 +70,13 @@ NO_ARITHMETIC = frozenset({
 
 
 
+LAYER_OPS = frozenset({
+    "linear", "conv", "scaled_dot_product_attention", "_native_multi_head_attention",
+    "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_attention_math",
+    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention",
+})
+
+
 def _with_inplace(ops: frozenset) -> frozenset:
     """The ops and their in-place variants (``aten::sqrt`` -> also ``aten::sqrt_``)."""
     return ops | {op + "_" for op in ops if not op.endswith("_")}
@@ -144,6 +151,22 @@ class FvcoreCount:
     by_op: dict[str, int] = field(default_factory=dict)
     other_by_op: dict[str, int] = field(default_factory=dict)
     unaccounted: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def layer_macs(self) -> int:
+        """MACs of the ops the ViT layers use (linear, convolution, attention kernels).
+
+        The adapters compute patch embedding, qkv/output projections, attention and MLPs with
+        these ops only, while reducers (matching, distances, medoid updates) and the CLIP
+        readout ``x @ proj`` use matmul-family ops: this is the count to hold against the
+        analytic formula. (A timm classifier head is a linear layer and lands here too.)
+        """
+        return sum(v for k, v in self.by_op.items() if k in LAYER_OPS)
+
+    @property
+    def rest_macs(self) -> int:
+        """Contractions outside :attr:`layer_macs`: the reducer's work and a matmul readout."""
+        return self.macs - self.layer_macs
 
 
 def _short(op: str) -> str:

@@ -203,6 +203,8 @@ def fvcore_record(built: Built, frames: int, rec: dict) -> dict:
     expected = rec["gmacs"] + rec["readout_gmacs"] + rec["reducer_work_gmacs"]
     return {
         "fvcore_gmacs": c.macs / 1e9,
+        "fvcore_layer_gmacs": c.layer_macs / 1e9,
+        "fvcore_rest_gmacs": c.rest_macs / 1e9,
         "fvcore_other_gops": c.other / 1e9,
         "fvcore_by_op": {k: v / 1e9 for k, v in c.by_op.items()},
         "fvcore_unaccounted_ops": c.unaccounted,
