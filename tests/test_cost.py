@@ -305,6 +305,7 @@ def test_measure_record_is_consistent():
     rec = measure("scale-B32", "tome", {"r": 2}, 12, batch_sizes=(1,), repeats=1, warmup=0)
     assert rec["gflops"] == pytest.approx(2 * rec["gmacs"])
     assert abs(rec["fvcore_rel_diff"]) < 0.01 and rec["fvcore_unaccounted_ops"] == {}
+    assert rec["fvcore_layer_gmacs"] == pytest.approx(rec["gmacs"], rel=1e-12)
     assert rec["attn_tokens"][:3] == [600, 576, 552] and rec["tokens_out"] == 12 * 26
     assert rec["reducer_work_gmacs"] > 0 and rec["text_gmacs_per_caption"] > 0
     assert rec["activation_mb_per_video_lora"] < rec["activation_mb_per_video_full"]
