@@ -86,6 +86,11 @@ def test_missing_msrvtt_data_stops_at_once_but_cost_only_runs(tmp_path, monkeypa
         load_config(path)
     cfg = load_config(path, cost_only=True)
     assert cfg.trials and {t.kind for t in cfg.trials} <= {"cost", "provenance"}
+    monkeypatch.setenv("MSRVTT_ROOT", str(tmp_path))  # data present, weights missing
+    monkeypatch.setenv("CLIP_WEIGHTS", str(tmp_path / "ViT-B-32.pt"))
+    with pytest.raises(ConfigError, match=r"msrvtt_vitb32.yaml:\d+: pretrained weights .*ViT-B-32.pt"
+                                          r".* not found.*CLIP_WEIGHTS"):
+        load_config(path)
 
 
 def test_expansion_ids_and_shards(tmp_path):
