@@ -37,8 +37,14 @@ def backbones(c: pd.DataFrame) -> list[str]:
     return list(c.groupby("backbone")["GMACs"].max().sort_values().index)
 
 
-def _legend_outside(ax) -> None:
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+def _legend_outside(ax, axes=None) -> None:
+    """Legend right of ``ax`` with the entries of all ``axes`` (each label once)."""
+    seen: dict[str, object] = {}
+    for a in axes if axes is not None else [ax]:
+        for h, label in zip(*a.get_legend_handles_labels()):
+            seen.setdefault(label, h)
+    ax.legend(list(seen.values()), list(seen), loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              fontsize=8, frameon=False)
 
 
 def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -86,7 +92,7 @@ def tradeoff_figure(q: pd.DataFrame, xcol: str, xlabel: str, path: Path, title: 
         ax.set_xlabel(xlabel, fontsize=8)
         ax.set_ylabel("R-Sum (t2v + v2t R@1+5+10, %)")
         ax.grid(alpha=0.3)
-    _legend_outside(axes[0][-1])
+    _legend_outside(axes[0][-1], axes[0])
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -163,7 +169,7 @@ def speed_figure(c: pd.DataFrame, path: Path) -> bool:
         ax.set_ylabel("inference throughput (videos/s, CPU)")
         ax.set_title(f"{bb} (random weights)", fontsize=10)
         ax.grid(alpha=0.3)
-    _legend_outside(axes[0][-1])
+    _legend_outside(axes[0][-1], axes[0])
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
