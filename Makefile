@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 CONFIG ?= experiments/configs/default.yaml
 OUT    ?= runs/default
 
-.PHONY: install test lint sweep bench bench-centerclip bench-tempme measure scale-bench clean
+.PHONY: install test lint sweep smoke bench bench-centerclip bench-tempme measure scale-bench clean
 
 install: $(STAMP)
 
@@ -25,6 +25,9 @@ lint: install
 
 sweep: install
 	$(PY) -m experiments.sweep --config $(CONFIG) --out $(OUT)
+
+smoke: install
+	$(PY) -m experiments.sweep --config experiments/configs/smoke.yaml --out runs/smoke
 
 bench: install
 	$(PY) -m tokred.cli bench
