@@ -38,8 +38,10 @@ bench-centerclip: install
 bench-tempme: install
 	$(PY) -m tokred.cli bench-tempme
 
+# issue-5 table: every reducer at its paper settings, B/32 + B/16 video, timm ViT-B/16 image mode
 measure: install
-	$(PY) -m tokred.cli measure
+	$(PY) -m tokred.cli measure --models ViT-B-32 ViT-B-16 timm:vit_base_patch16_224 \
+	  --reducers paper --batch-sizes 1 4 --repeats 3 --rounds 3 --out runs/measure.jsonl
 
 scale-bench: install
 	$(PY) -m tokred.cli scale-bench --out runs/scale
