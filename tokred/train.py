@@ -349,23 +349,10 @@ def train(cfg: TrainConfig, split=None, clips: torch.Tensor | None = None) -> di
     budget = 60 * cfg.time_budget if cfg.time_budget else None
     scheduler = make_scheduler(optimizer, total, cfg.warmup, budget)
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
-    step = _maybe_resume(cfg, out, model, optimizer, scheduler, scaler)
-    ddp = _wrap(model, info)
-    stats = _loop(
-        cfg,
-        info,
-        ddp,
-        model,
-        ds,
-        local,
-        steps_per_epoch,
-        total,
-        step,
-        optimizer,
-        scheduler,
-        scaler,
-        out,
-    )
+    run = _Run(cfg, info, model, model, optimizer, scheduler, scaler, out)
+    step = _maybe_resume(run)  # before DDP wraps the model, as DDP broadcasts rank 0's weights
+    run.ddp = _wrap(model, info)
+    stats = _loop(run, ds, local, steps_per_epoch, total, step)
     if info.is_main:
         stats["checkpoint"] = str(_save_final(model, cfg, out, stats))
     D.barrier()
@@ -388,8 +375,25 @@ def _wrap(model: nn.Module, info: D.DistInfo) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
-def _maybe_resume(cfg, out: Path, model, optimizer, scheduler, scaler) -> int:
-    last = out / "last.pt"
+@dataclass
+class _Run:
+    """The objects one training run threads through its loop, resume and checkpoints."""
+
+    cfg: TrainConfig
+    info: D.DistInfo
+    model: RetrievalModel
+    ddp: nn.Module  # the model, wrapped in DistributedDataParallel under torchrun
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler | None
+    out: Path
+
+
+def _maybe_resume(run: _Run) -> int:
+    cfg, model, optimizer, scheduler, scaler = (
+        run.cfg, run.model, run.optimizer, run.scheduler, run.scaler
+    )
+    last = run.out / "last.pt"
     if not cfg.resume:
         return 0
     if not last.is_file():
@@ -406,22 +410,10 @@ def _maybe_resume(cfg, out: Path, model, optimizer, scheduler, scaler) -> int:
     return int(ck["step"])
 
 
-def _loop(
-    cfg,
-    info,
-    ddp,
-    model,
-    ds,
-    local,
-    steps_per_epoch,
-    total,
-    step,
-    optimizer,
-    scheduler,
-    scaler,
-    out: Path,
-) -> dict:
+def _loop(run: _Run, ds, local: int, steps_per_epoch: int, total: int, step: int) -> dict:
     from .data import collate
+
+    cfg, info, model, scheduler, out = run.cfg, run.info, run.model, run.scheduler, run.out
 
     t0, losses, stopped = time.perf_counter(), [], None
     bar = _progress(info, total, step)
@@ -436,7 +428,7 @@ def _loop(
         it = iter(loader)
         for _ in range(len(batches) // cfg.grad_accum):
             micro = [next(it) for _ in range(cfg.grad_accum)]
-            loss = train_step(ddp, micro, optimizer, scaler, cfg, info, model.tokenizer)
+            loss = train_step(run.ddp, micro, run.optimizer, run.scaler, cfg, info, model.tokenizer)
             _sync_clock(scheduler, info)
             scheduler.step()
             step += 1
@@ -458,7 +450,7 @@ def _loop(
                 )
             stopped = _should_stop(cfg, step, total) or _budget_spent(scheduler, step, total)
             if stopped or (cfg.save_every and step % cfg.save_every == 0) or step == total:
-                _save_last(model, optimizer, scheduler, scaler, step, cfg, out, info)
+                _save_last(run, step)
             if stopped or step >= total:
                 break
     if bar:
@@ -492,7 +484,6 @@ def _budget_spent(scheduler, step: int, total: int) -> str | None:
         log.info("time budget %.0fs spent at step %d of %d", sched.budget_s, step, total)
         return f"time_budget={sched.budget_s / 60:g}min"
     return None
-    return None
 
 
 def _progress(info: D.DistInfo, total: int, step: int):
@@ -522,21 +513,21 @@ def _sync_clock(scheduler, info: D.DistInfo) -> None:
         sched.set_elapsed(D.broadcast_scalar(sched.clock()))
 
 
-def _save_last(model, optimizer, scheduler, scaler, step, cfg, out: Path, info) -> None:
-    if not info.is_main:
+def _save_last(run: _Run, step: int) -> None:
+    if not run.info.is_main:
         return
-    scheduler.lr_lambdas[0].pause()  # the clock's elapsed time goes into the state dict
-    state = model.model_state()
+    run.scheduler.lr_lambdas[0].pause()  # the clock's elapsed time goes into the state dict
+    state = run.model.model_state()
     state.update(
-        optimizer=optimizer.state_dict(),
-        scheduler=scheduler.state_dict(),
-        scaler=scaler.state_dict() if scaler else None,
+        optimizer=run.optimizer.state_dict(),
+        scheduler=run.scheduler.state_dict(),
+        scaler=run.scaler.state_dict() if run.scaler else None,
         step=step,
         rng=rng_state(),
-        meta=_meta(cfg),
-        config=asdict(cfg),
+        meta=_meta(run.cfg),
+        config=asdict(run.cfg),
     )
-    save_checkpoint(state, out / "last.pt")
+    save_checkpoint(state, run.out / "last.pt")
 
 
 def _save_final(model: RetrievalModel, cfg: TrainConfig, out: Path, stats: dict) -> Path:
