@@ -46,6 +46,45 @@ def test_train_items_and_caption_draw(synth_dir: Path) -> None:
     assert [again.caption_for(v) for v in range(len(ds))] == draws[5]  # deterministic
 
 
+def test_jitter_indices_draw_one_frame_per_segment() -> None:
+    import numpy as np
+
+    from tokred.data.video import jitter_indices, uniform_indices
+
+    rng = np.random.default_rng(0)
+    seen = [set() for _ in range(3)]
+    for _ in range(300):
+        idx = jitter_indices(16, 3, rng)  # segments [0, 5), [5, 10), [10, 16)
+        assert idx.tolist() == sorted(idx.tolist())
+        for k, (lo, hi) in enumerate([(0, 5), (5, 10), (10, 16)]):
+            assert lo <= idx[k] < hi
+            seen[k].add(int(idx[k]))
+    assert seen == [set(range(0, 5)), set(range(5, 10)), set(range(10, 16))]
+    assert jitter_indices(2, 4, rng).tolist() == uniform_indices(2, 4).tolist()  # short video
+
+
+def test_take_redraws_frames_from_the_pool_every_epoch(synth_dir: Path) -> None:
+    split = load_split("msrvtt", synth_dir, "train")
+    ds = TrainDataset(split, seed=1, take=2, num_frames=8, image_size=56)
+    assert ds.source.frames(0).shape == (8, 3, 56, 56)
+    ds.source.frames = lambda v: torch.arange(8.0).view(8, 1, 1, 1).expand(8, 3, 56, 56)
+    picks = []
+    for epoch in range(8):
+        ds.set_epoch(epoch)
+        frames = ds[0]["frames"]
+        assert frames.shape == (2, 3, 56, 56)
+        idx = frames[:, 0, 0, 0].long().tolist()  # each frame is filled with its index
+        assert 0 <= idx[0] < 4 <= idx[1] < 8
+        picks.append(tuple(idx))
+    assert len(set(picks)) > 1
+    again = TrainDataset(split, seed=1, take=2, num_frames=8, image_size=56)
+    again.source.frames = ds.source.frames
+    again.set_epoch(7)
+    assert torch.equal(again[0]["frames"], ds[0]["frames"])  # deterministic in (seed, epoch, v)
+    with pytest.raises(ValueError, match="take=9"):
+        TrainDataset(split, take=9, num_frames=8)
+
+
 def test_eval_enumerates_videos_and_all_captions(synth_dir: Path) -> None:
     split = load_split("msrvtt", synth_dir, "train")
     videos = DataLoader(

@@ -160,3 +160,71 @@ def test_lora_finetune_saves_folded_weights_that_reload_equal(synth, tmp_path, t
     a, b = torch.load(base["checkpoint"])["model"], torch.load(stats["checkpoint"])["model"]
     changed = {k for k in a if not torch.equal(a[k], b[k])}
     assert changed and all(k.endswith("attn.in_proj_weight") for k in changed)
+
+
+def test_patch_dropout_drops_patches_in_training_only(tiny):
+    from tokred.train import build_for_training
+
+    torch.manual_seed(0)
+    plain = build_for_training(TrainConfig(model=tiny, mode="scratch", frames=2), "cpu")
+    model = build_for_training(
+        TrainConfig(model=tiny, mode="scratch", frames=2, patch_dropout=0.5), "cpu"
+    )
+    model.load_model_state(plain.model_state())
+    model.train()  # 2x2 grid: keeps int(4 * 0.5) = 2 patches + CLS per frame
+    assert model.video.trace(frames=2).attn_tokens() == [2 * 3, 2 * 3]
+    model.eval()
+    assert model.video.trace(frames=2).attn_tokens() == [2 * 5, 2 * 5]
+    video = torch.randn(3, 2, 3, 16, 16)
+    plain.eval()
+    with torch.no_grad():
+        assert torch.equal(model.encode_video(video), plain.encode_video(video))
+
+
+def test_patch_dropout_needs_reducer_none_and_a_fraction():
+    with pytest.raises(ValueError, match="reducer 'none'"):
+        TrainConfig(reducer="tome", patch_dropout=0.5)
+    with pytest.raises(ValueError, match=r"patch_dropout must be in \[0, 1\)"):
+        TrainConfig(patch_dropout=1.0)
+
+
+def test_reducer_with_sites_refuses_a_patch_dropped_backbone():
+    from open_clip.transformer import PatchDropout
+
+    from tokred.registry import create_reducer
+
+    model = RetrievalModel(tiny_clip(), create_reducer("tome", r=1), frames=2)
+    model.clip.visual.patch_dropout = PatchDropout(0.5)
+    model.train()
+    with pytest.raises(ValueError, match="patch dropout"):
+        model.encode_video(torch.randn(1, 2, 3, 16, 16))
+    model.eval()
+    assert model.encode_video(torch.randn(1, 2, 3, 16, 16)).shape == (1, 16)
+
+
+def test_training_with_patch_dropout_runs_and_saves(synth, tmp_path, tiny):
+    stats = train(_cfg(synth, tmp_path / "pd", patch_dropout=0.5))
+    assert stats["steps"] == 6 and torch.isfinite(torch.tensor(stats["loss"]))
+    model = load_model(stats["checkpoint"], "none", {}, frames=2)
+    assert model.video.trace(frames=2).attn_tokens() == [2 * 5, 2 * 5]  # loads without dropout
+
+
+def test_frame_pool_feeds_jittered_frames_to_training(synth, tmp_path, tiny):
+    from tokred.train import make_dataset
+
+    with pytest.raises(ValueError, match="frame_pool=1 must be at least train_frames"):
+        TrainConfig(frames=2, frame_pool=1)
+    cfg = _cfg(synth, tmp_path / "pool", frame_pool=4)  # 4-frame videos, 2 per step
+    ds = make_dataset(cfg, 16)
+    assert ds[0]["frames"].shape == (2, 3, 16, 16)  # the memo now holds video 0's 4 frames
+    assert ds.frames[0].shape == (4, 3, 16, 16)
+    ds.frames[0] = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 3, 16, 16).half()  # tagged
+    picks = set()
+    for epoch in range(6):
+        ds.set_epoch(epoch)
+        idx = tuple(ds[0]["frames"][:, 0, 0, 0].long().tolist())
+        assert idx[0] in (0, 1) and idx[1] in (2, 3)
+        picks.add(idx)
+    assert len(picks) > 1
+    stats = train(cfg)
+    assert stats["steps"] == 6 and torch.isfinite(torch.tensor(stats["loss"]))

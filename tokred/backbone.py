@@ -104,7 +104,8 @@ class OpenCLIPVisual(ViTAdapter):
         x = x.flatten(2).transpose(1, 2)  # [BT, g*g, C]
         cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
-        return v.ln_pre(x)
+        drop = getattr(v, "patch_dropout", None)  # open_clip's FLIP patch dropout (train only)
+        return v.ln_pre(drop(x) if drop is not None else x)
 
     def attention(self, layer: int, x: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
         blk = self.blocks[layer]

@@ -109,6 +109,13 @@ class VideoEncoder(nn.Module):
         if frames != self.reducer.spec.frames:
             self.reducer.setup(self.backbone.spec.with_frames(frames))
         x = self.backbone.embed(video.flatten(0, 1))  # [B*T, 1+P, C]
+        if x.shape[1] != self.backbone.spec.tokens_per_frame and not _is_identity(self.reducer):
+            raise ValueError(
+                f"the backbone returned {x.shape[1]} tokens per frame instead of "
+                f"{self.backbone.spec.tokens_per_frame} (patch dropout in training mode?); "
+                f"reducer {type(self.reducer).__name__} needs every patch: train it with "
+                "patch_dropout=0, or use patch dropout with reducer 'none' only"
+            )
         return TokenState.start(x, frames)
 
     def block(self, s: TokenState, layer: int, trace: Trace | None = None) -> TokenState:
@@ -146,6 +153,12 @@ class VideoEncoder(nn.Module):
                 f"{video.shape[-2]}x{video.shape[-1]}; preprocess with tokred.data.transforms"
             )
         return video.shape[1]
+
+
+def _is_identity(reducer: TokenReducer) -> bool:
+    """True when ``reducer`` overrides neither site (it keeps any number of tokens)."""
+    cls = type(reducer)
+    return cls.pre_block is TokenReducer.pre_block and cls.post_attn is TokenReducer.post_attn
 
 
 def mean_pool(emb: Tensor) -> Tensor:

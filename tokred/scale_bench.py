@@ -45,7 +45,11 @@ class BenchConfig:
     Attributes:
         out: output directory (synth data, checkpoints, results.jsonl, summary.md).
         train_frames / eval_frames: frames per clip in base training / in evaluation.
+        frame_pool: frames decoded per training video; base training draws ``train_frames``
+            of them per epoch, one per segment (temporal jitter; 0: fixed uniform frames).
         batch_size / steps / lr / warmup: base training (scratch, AdamW (0.9, 0.98), wd 0.2).
+        patch_dropout: FLIP patch dropout in base training (about twice the steps per minute;
+            evaluation keeps every patch).
         time_budget: minutes for base training (the LR schedule anneals by then; see TrainConfig).
         ft_mode / ft_steps / ft_batch / ft_lr: the short per-reducer fine-tune.
         reducers: registered names to evaluate (default: all).
@@ -55,12 +59,14 @@ class BenchConfig:
     model: str = "scale-B32"
     seed: int = 0
     train_frames: int = 2
+    frame_pool: int | None = 16
     eval_frames: int = 12
     batch_size: int = 128
     steps: int = 600
     lr: float = 1e-3
     warmup: float = 0.05
     weight_decay: float = 0.2
+    patch_dropout: float = 0.5
     time_budget: float = 8.0
     precision: str = "fp32"
     ft_mode: str = "full"
@@ -150,11 +156,13 @@ def base_config(cfg: BenchConfig, root: str | Path) -> TrainConfig:
         mode="scratch",
         frames=cfg.eval_frames,
         train_frames=cfg.train_frames,
+        frame_pool=cfg.frame_pool or None,
         batch_size=cfg.batch_size,
         max_steps=cfg.steps,
         lr=cfg.lr,
         warmup=cfg.warmup,
         weight_decay=cfg.weight_decay,
+        patch_dropout=cfg.patch_dropout,
         precision=cfg.precision,
         seed=cfg.seed,
         time_budget=cfg.time_budget,
@@ -181,11 +189,13 @@ def finetune(
         reducer_options=options,
         mode=cfg.ft_mode,
         train_frames=cfg.eval_frames,
+        frame_pool=None,
         batch_size=cfg.ft_batch,
         max_steps=cfg.ft_steps,
         lr=cfg.ft_lr,
         warmup=0.25,
         time_budget=None,
+        patch_dropout=0.0,
         save_every=0,
         betas=None,
     )
@@ -246,7 +256,7 @@ def run(cfg: BenchConfig) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     records = [prepare_synth(out / "synth")]
-    data = load_data(out / "synth", cfg.train_frames, cfg.eval_frames)
+    data = load_data(out / "synth", cfg.frame_pool or cfg.train_frames, cfg.eval_frames)
     records[0]["load_s"] = data.load_s
     base = train_base(cfg, data, out / "synth")
     records.append(base)

@@ -65,9 +65,17 @@ class TrainConfig:
         mode: ``full``, ``lora`` or ``scratch`` (see module doc); lr/betas default per mode.
         frames / train_frames: frames the reducer is set up for, and frames sampled per training
             video (default ``frames``; fewer is fine for frame-count invariant meanP).
+        frame_pool: decode (and cache) this many frames per training video and draw
+            ``train_frames`` of them every epoch, one at random from each of ``train_frames``
+            equal segments (TSN-style temporal jitter). None: decode exactly ``train_frames``
+            frames, the same every epoch (CLIP4Clip).
         batch_size: global batch (over ranks and accumulation steps).
         epochs / max_steps: length; ``max_steps`` (optimizer steps) wins when set.
         warmup: warm-up fraction of the steps (then cosine to zero).
+        patch_dropout: fraction of each frame's patch tokens dropped at random in training
+            (FLIP, Li et al. 2023; open_clip's ``PatchDropout``): a step costs about
+            ``1 - patch_dropout`` as much, evaluation keeps every patch. Reducer ``none`` only
+            (the others' schedules count patches); the scale model's base training uses 0.5.
         precision: ``fp32``, ``bf16`` (autocast) or ``fp16`` (autocast + GradScaler, CUDA only).
         stop_at_step: stop (after saving) at this step as if interrupted; for resume tests.
         time_budget: minutes; training ends at ``max_steps`` or when the budget is spent,
@@ -90,6 +98,7 @@ class TrainConfig:
     frames: int = 12
     train_frames: int | None = None
     sampling: str = "uniform"
+    frame_pool: int | None = None
     max_words: int = 32
     batch_size: int = 128
     grad_accum: int = 1
@@ -100,6 +109,7 @@ class TrainConfig:
     weight_decay: float = 0.2
     warmup: float = 0.1
     grad_clip: float | None = 1.0
+    patch_dropout: float = 0.0
     precision: str = "fp32"
     freeze_logit_scale: bool | None = None
     seed: int = 0
@@ -117,6 +127,18 @@ class TrainConfig:
             raise ValueError(f"mode must be one of {sorted(RECIPES)}, got {self.mode!r}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        if self.frame_pool is not None and self.frame_pool < (self.train_frames or self.frames):
+            raise ValueError(
+                f"frame_pool={self.frame_pool} must be at least train_frames "
+                f"({self.train_frames or self.frames}): the pool is what frames are drawn from"
+            )
+        if not 0.0 <= self.patch_dropout < 1.0:
+            raise ValueError(f"patch_dropout must be in [0, 1), got {self.patch_dropout}")
+        if self.patch_dropout and self.reducer != "none":
+            raise ValueError(
+                f"patch_dropout={self.patch_dropout} needs reducer 'none' (got "
+                f"{self.reducer!r}, whose schedule counts every patch); set patch_dropout=0"
+            )
         self.lr = RECIPES[self.mode][0] if self.lr is None else self.lr
         self.betas = tuple(self.betas or RECIPES[self.mode][1])
         if self.freeze_logit_scale is None:
@@ -135,6 +157,10 @@ def build_for_training(cfg: TrainConfig, device: str) -> RetrievalModel:
             f"reducer {cfg.reducer!r} has parameters shaped for frames={cfg.frames}; "
             f"train it with train_frames={cfg.frames} (got {cfg.train_frames})"
         )
+    if cfg.patch_dropout:
+        from open_clip.transformer import PatchDropout
+
+        model.clip.visual.patch_dropout = PatchDropout(cfg.patch_dropout)  # no parameters
     configure_trainable(model, cfg.mode, cfg.lora_rank, cfg.freeze_logit_scale)
     return model.to(device)
 
@@ -161,8 +187,9 @@ def _train_split(cfg: TrainConfig):
 
 
 class _Memo(torch.utils.data.Dataset):
-    """Keeps each preprocessed clip (float16) after its first fetch; the caption is drawn per
-    epoch. Every fetch, first or not, returns the float16-rounded frames (exact resumes)."""
+    """Keeps each preprocessed clip (float16, the whole frame pool) after its first fetch; the
+    caption (and, with a frame pool, the frames) are drawn per epoch. Every fetch, first or not,
+    returns float16-rounded frames (exact resumes)."""
 
     def __init__(self, base, clips: torch.Tensor | None = None) -> None:
         self.base = base
@@ -176,13 +203,13 @@ class _Memo(torch.utils.data.Dataset):
 
     def __getitem__(self, v: int) -> dict:
         if v not in self.frames:
-            item = self.base[v]
-            if "frames" not in item:
-                return item  # a skipped video stays skipped
-            self.frames[v] = item["frames"].to(torch.float16)
+            frames = self.base.source.frames(v)
+            if frames is None:
+                return {"skipped": v}  # a skipped video stays skipped
+            self.frames[v] = frames.to(torch.float16)
         c = self.base.caption_for(v)
         return {
-            "frames": self.frames[v].float(),
+            "frames": self.base.pick(v, self.frames[v]).float(),
             "caption": self.base.split.captions[c],
             "video_index": v,
             "caption_index": c,
@@ -204,12 +231,13 @@ def make_dataset(
     ds = TrainDataset(
         split,
         seed=cfg.seed,
-        num_frames=cfg.train_frames or cfg.frames,
+        num_frames=cfg.frame_pool or cfg.train_frames or cfg.frames,
         image_size=image_size,
         sampling=cfg.sampling,
+        take=(cfg.train_frames or cfg.frames) if cfg.frame_pool else None,
     )
     if clips is not None:
-        want = (len(split.videos), cfg.train_frames or cfg.frames)
+        want = (len(split.videos), cfg.frame_pool or cfg.train_frames or cfg.frames)
         if tuple(clips.shape[:2]) != want:
             raise ValueError(f"clips {tuple(clips.shape)} do not match (videos, frames) = {want}")
         return _Memo(ds, clips)

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from tokred.data.readers import Split
 from tokred.data.transforms import ClipTransform
-from tokred.data.video import VideoDecodeError, read_video
+from tokred.data.video import VideoDecodeError, jitter_indices, read_video
 
 logger = logging.getLogger(__name__)
 
@@ -120,13 +120,23 @@ class TrainDataset(Dataset):
 
     Args:
         split: Training split.
-        seed: Seed of the caption draw.
+        seed: Seed of the caption draw (and of the frame draw with ``take``).
+        take: Frames per item drawn from the ``num_frames`` decoded ones, one at random from
+            each of ``take`` equal segments, redrawn every epoch (TSN-style temporal jitter,
+            deterministic in ``(seed, epoch, video)``). None: every decoded frame.
         **source_kw: Passed to :class:`FrameSource` (num_frames, image_size, cache, ...).
     """
 
-    def __init__(self, split: Split, seed: int = 0, **source_kw: Any) -> None:
+    def __init__(
+        self, split: Split, seed: int = 0, take: Optional[int] = None, **source_kw: Any
+    ) -> None:
         self.source = FrameSource(split, **source_kw)
-        self.split, self.seed, self.epoch = split, seed, 0
+        if take is not None and not 1 <= take <= self.source.num_frames:
+            raise ValueError(
+                f"take={take} frames per item needs 1 <= take <= num_frames "
+                f"({self.source.num_frames} decoded per video)"
+            )
+        self.split, self.seed, self.epoch, self.take = split, seed, 0, take
         self.video_captions = split.video_captions()
         empty = [split.videos[v].id for v, c in enumerate(self.video_captions) if not c]
         if empty:
@@ -142,6 +152,13 @@ class TrainDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, v])
         return caps[int(rng.integers(len(caps)))]
 
+    def pick(self, v: int, frames: torch.Tensor) -> torch.Tensor:
+        """This epoch's ``take`` frames of video ``v`` out of its decoded ``frames``."""
+        if self.take is None or self.take == frames.shape[0]:
+            return frames
+        rng = np.random.default_rng([self.seed, self.epoch, v, 1])
+        return frames[torch.from_numpy(jitter_indices(frames.shape[0], self.take, rng))]
+
     def __len__(self) -> int:
         return len(self.split.videos)
 
@@ -151,7 +168,7 @@ class TrainDataset(Dataset):
             return {"skipped": v}
         c = self.caption_for(v)
         return {
-            "frames": frames,
+            "frames": self.pick(v, frames),
             "caption": self.split.captions[c],
             "video_index": v,
             "caption_index": c,

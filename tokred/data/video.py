@@ -33,6 +33,7 @@ __all__ = [
     "SAMPLINGS",
     "VideoDecodeError",
     "uniform_indices",
+    "jitter_indices",
     "sample_indices",
     "read_video",
     "probe_video",
@@ -66,6 +67,15 @@ def uniform_indices(n: int, T: int) -> np.ndarray:
     half = T // 2
     idx[T - half :] = (n - 1) - idx[:half][::-1]  # mirror: reversal-symmetric sampling
     return idx
+
+
+def jitter_indices(n: int, T: int, rng: np.random.Generator) -> np.ndarray:
+    """``T`` increasing indices in ``[0, n)``, one drawn uniformly from each of ``T`` equal
+    segments (TSN's training sampling); :func:`uniform_indices` when ``n < T``."""
+    if n < T:
+        return uniform_indices(n, T)
+    edges = (np.arange(T + 1, dtype=np.int64) * n) // T
+    return edges[:-1] + rng.integers(0, edges[1:] - edges[:-1])
 
 
 def sample_indices(
