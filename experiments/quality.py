@@ -8,14 +8,15 @@ with the reducer first (``finetuned``). All library calls go through this file.
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .cache import cached_step
+from .cache import DONE, cached_step
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,8 @@ def data_dir(data: dict, ctx) -> Path:
     if "test_mix" in opts:
         opts["test_mix"] = tuple(opts["test_mix"])
     cfg = SynthConfig(**opts)
-    return cached_step(ctx.cache, "data", {"synth": opts}, lambda d: str(generate(d, cfg)))
+    key = {k: v for k, v in asdict(cfg).items() if k != "workers"}  # defaults included
+    return cached_step(ctx.cache, "data", {"synth": key}, lambda d: str(generate(d, cfg)))
 
 
 def _train_config(settings: dict, recipe: dict, root: Path, out: Path, **kw):
@@ -69,6 +71,12 @@ def base_checkpoint(key: dict, ctx) -> Path:
         return {k: v for k, v in stats.items() if k not in ("checkpoint", "last")}
 
     return cached_step(ctx.cache, "base", key, build) / "model.pt"
+
+
+def base_stats(step_dir: Path) -> dict:
+    """Steps, wall time and final loss of the cached base training (from its step.json)."""
+    result = json.loads((step_dir / DONE).read_text()).get("result") or {}
+    return {k: result.get(k) for k in ("steps", "total_steps", "wall_s", "loss", "stopped")}
 
 
 def _split(settings: dict, root: Path, ctx, image_size: int):
@@ -113,6 +121,8 @@ def quality_trial(s: dict, ctx) -> dict:
     res = evaluate(model, split, videos=videos, synth_meta=meta, frames=s["frames"],
                    batch_size=int((s.get("finetune") or s["base"]).get("eval_batch_size", 64)))
     res.update(extra)
+    if not s.get("weights"):
+        res["base_train"] = base_stats(base.parent)
     res.update(encoder_cost(model.video, videos))
     res.setdefault("trainable_params", 0)
     return res

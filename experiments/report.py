@@ -84,6 +84,35 @@ def quality_section(df: pd.DataFrame, pubs: list[dict]) -> list[str]:
                   "and trainable parameters. " + ("" if data == "synth" else
                                                   "Rows 'published:' are the papers' numbers "
                                                   "(V100 GB and ms) for the same setting."), ""]
+        if data == "synth":
+            lines += synth_detail(g, mode)
+    return lines
+
+
+SYNTH_TYPES = ("static", "direction", "order", "small")
+
+
+def synth_detail(g: pd.DataFrame, mode: str) -> list[str]:
+    """Per-caption-type t2v R@1/R@5, multiples of chance, twin accuracy and wall times."""
+    if "x chance" not in g:
+        return []
+    types = [t for t in SYNTH_TYPES if f"{t} R@1" in g and g[f"{t} R@1"].notna().any()]
+    cols = ["setting", "t2v_R@1", "x chance", "t2v_R@5", "t2v_R@10", "R-Sum"]
+    cols += [f"{t} R@{k}" for t in types for k in (1, 5)]
+    cols += ["twin acc.", "eval s"] + (["train s"] if mode == "finetuned" else [])
+    first = g.iloc[0]
+    counts = ", ".join(f"{t} {int(first[f'{t} n'])}" for t in types if pd.notna(first[f"{t} n"]))
+    lines = [f"Per caption type, {mode.replace('_', '-')} (SYNTHETIC): t2v R@1 / R@5 in %. "
+             f"Chance on {int(first['captions'])} test captions ({counts}): R@1 "
+             f"{first['chance R@1']:.2f} %, R@5 {first['chance R@5']:.2f} %, R@10 "
+             f"{first['chance R@10']:.2f} %; 'x chance' = t2v R@1 / chance. Twin acc. = share "
+             "of time-reversed twin pairs told apart (0.50 for any order-blind model).", "",
+             to_markdown(g[[c for c in cols if c in g]]), ""]
+    if pd.notna(first.get("base steps")):
+        lines += [f"Base model (reducer none, trained from scratch once and shared by every "
+                  f"row): {int(first['base steps'])} steps in {first['base train s']:.0f} s"
+                  + (f" (stopped: {first['base stopped']})" if first.get("base stopped") else "")
+                  + ".", ""]
     return lines
 
 

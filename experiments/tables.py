@@ -128,6 +128,16 @@ def quality_frame(records: list[dict]) -> pd.DataFrame:
                "twin acc.": m.get("twin_accuracy"), "train s": m.get("train_s")}
         for c in RANK_COLS:
             row[c] = m.get(c)
+        if m.get("chance_R@1"):
+            row["x chance"] = m["t2v_R@1"] / m["chance_R@1"]
+            row.update({f"chance R@{k}": m.get(f"chance_R@{k}") for k in (1, 5, 10)})
+            row["captions"] = m.get("num_captions")
+        for kind, t in (m.get("per_type") or {}).items():
+            row[f"{kind} R@1"], row[f"{kind} R@5"] = t.get("t2v_R@1"), t.get("t2v_R@5")
+            row[f"{kind} n"] = t.get("count")
+        base = m.get("base_train") or {}
+        row.update({"base steps": base.get("steps"), "base train s": base.get("wall_s"),
+                    "base stopped": base.get("stopped"), "eval s": m.get("eval_s")})
         rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:

@@ -178,3 +178,28 @@ def test_published_rows_beside_matching_msrvtt_results(tmp_path):
     pub = rows[3].split(" | ")
     assert pub[2] == "15.0 GB (V100)" and pub[4] == "43.60"  # MeM and t2v R@1 of Table 3b
     assert "SYNTHETIC" not in "\n".join(rows)
+
+
+def test_synthetic_per_caption_type_table_and_chance(tmp_path):
+    recs = []
+    for i, (red, r1) in enumerate([("none", 12.0), ("tome", 9.0)]):
+        rec = quality_rec(i, red, {"r": 2} if red == "tome" else {}, "training_free", 240, 1.5)
+        rec["metrics"].update({
+            "t2v_R@1": r1, "t2v_R@5": 40.0, "chance_R@1": 0.2, "chance_R@5": 1.0,
+            "chance_R@10": 2.0, "num_captions": 500, "eval_s": 9.0,
+            "per_type": {"static": {"count": 150, "t2v_R@1": 20.0, "t2v_R@5": 60.0},
+                         "small": {"count": 75, "t2v_R@1": 1.5, "t2v_R@5": 4.0}},
+            "base_train": {"steps": 634, "wall_s": 426.0, "stopped": "time_budget=7min"}})
+        recs.append(rec)
+    q = quality_frame(recs)
+    assert q.set_index("reducer")["x chance"].to_dict() == {"none": 60.0, "tome": 45.0}
+    for r in recs:
+        append_record(tmp_path / "results.jsonl", r)
+    text = write_report([tmp_path], tmp_path / "report").read_text()
+    detail = text.split("Per caption type, training-free (SYNTHETIC)")[1]
+    assert "Chance on 500 test captions (static 150, small 75): R@1 0.20 %" in detail
+    row = next(line for line in detail.splitlines() if line.startswith("| none |"))
+    assert row.split("|")[1:-1] == [" none ", " 12.00 ", " 60.00 ", " 40.00 ", " 40.00 ",
+                                    " 240 ", " 20.00 ", " 60.00 ", " 1.50 ", " 4.00 ",
+                                    " 0.50 ", " 9.00 "]
+    assert "634 steps in 426 s (stopped: time_budget=7min)" in detail

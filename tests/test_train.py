@@ -98,6 +98,25 @@ def test_missing_video_is_named_before_training(synth, tmp_path, tiny):
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
+def test_corrupt_video_stops_before_training_or_is_skipped(synth, tmp_path, tiny, caplog):
+    import shutil
+
+    from tokred.data import VideoDecodeError
+
+    root = tmp_path / "copy"
+    shutil.copytree(synth, root)
+    (root / "videos" / "video5.mp4").write_bytes(b"\x00" * 300)  # not a video any more
+    with pytest.raises(VideoDecodeError, match="video5"):
+        train(_cfg(root, tmp_path / "run"))
+    assert not (tmp_path / "run" / "last.pt").exists()
+    with caplog.at_level("WARNING", logger="tokred.train"):
+        stats = train(_cfg(root, tmp_path / "skip", skip_errors=True))
+    assert stats["steps"] == 6
+    assert "leaving out 1 undecodable training videos: video5" in caplog.text
+    with pytest.raises(ValueError, match="skip_errors needs the cached first pass"):
+        train(_cfg(root, tmp_path / "nocache", skip_errors=True, cache=False))
+
+
 def test_epoch_batches_split_one_global_permutation_over_ranks():
     one = epoch_batches(10, 4, D.DistInfo(), seed=1, epoch=0)
     two = [epoch_batches(10, 2, D.DistInfo(rank=r, world=2), seed=1, epoch=0) for r in (0, 1)]

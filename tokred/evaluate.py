@@ -64,16 +64,12 @@ def load_videos(
     Preprocessing runs on ``chunk`` videos at once (one resize call over all their frames),
     several times faster than clip by clip; the values equal per-clip preprocessing.
     """
-    from .data import FrameSource, check_files, clip_preprocess
+    from .data import FrameSource, check_files
 
     check_files(split)
     src = FrameSource(split, num_frames=frames, image_size=image_size, sampling=sampling)
-    out = []
-    for s in range(0, len(split.videos), chunk):
-        raw = np.stack([src.raw(v)[0] for v in range(s, min(s + chunk, len(split.videos)))])
-        x = clip_preprocess(raw.reshape(-1, *raw.shape[2:]), image_size)  # [c*T, 3, S, S]
-        out.append(x.to(torch.float16).view(len(raw), frames, *x.shape[1:]))  # [c, T, 3, S, S]
-    return torch.cat(out)
+    clips = src.clips(chunk=chunk)
+    return torch.stack([clips[v] for v in range(len(split.videos))])
 
 
 @torch.no_grad()

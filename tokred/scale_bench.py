@@ -2,7 +2,7 @@
 
 ``python -m tokred.scale_bench --out runs/scale``:
 
-1. ``tokred synth`` with its defaults (2,000 train / 400 test videos);
+1. ``tokred synth`` with its defaults (4,000 train / 500 test videos);
 2. the embedded ``scale-B32`` trained from scratch with no reduction (meanP, few frames per
    training clip: meanP is frame-count invariant), within a time budget;
 3. every registered reducer evaluated training-free on that checkpoint (paper defaults, 12
@@ -294,12 +294,14 @@ def format_table(records: list[dict]) -> str:
         f"R@5 {e0['chance_R@5']:.2f}%, R@10 {e0['chance_R@10']:.2f}%)",
         "",
         "| reducer | fine-tuned | GMACs | t2v R@1 | x chance | R@5 | R@10 | v2t R@1 | R-Sum | "
-        + " | ".join(f"{t} R@1" for t in types)
+        + " | ".join(f"{t} R@1/R@5" for t in types)
         + " | twin acc | s |",
         "|" + "---|" * (11 + len(types)),
     ]
     for r in evals:
-        per = " | ".join(f"{r['per_type'][t]['t2v_R@1']:.1f}" for t in types)
+        per = " | ".join(
+            f"{r['per_type'][t]['t2v_R@1']:.1f}/{r['per_type'][t]['t2v_R@5']:.1f}" for t in types
+        )
         lines.append(
             f"| {r['reducer']} | {'yes' if r['finetuned'] else 'no'} | {r['visual_gmacs']:.3f} | "
             f"{r['t2v_R@1']:.1f} | {r['t2v_R@1'] / r['chance_R@1']:.0f}x | {r['t2v_R@5']:.1f} | "

@@ -77,6 +77,9 @@ class TrainConfig:
             ``1 - patch_dropout`` as much, evaluation keeps every patch. Reducer ``none`` only
             (the others' schedules count patches); the scale model's base training uses 0.5.
         precision: ``fp32``, ``bf16`` (autocast) or ``fp16`` (autocast + GradScaler, CUDA only).
+        cache / skip_errors: decode every training clip once before training and keep it in
+            memory (float16, up to :func:`cache_limit`); with ``skip_errors`` undecodable
+            videos found then are named and left out instead of stopping the run.
         stop_at_step: stop (after saving) at this step as if interrupted; for resume tests.
         time_budget: minutes; training ends at ``max_steps`` or when the budget is spent,
             whichever comes first, and the LR schedule follows the same progress (so it anneals
@@ -116,6 +119,7 @@ class TrainConfig:
     device: str = "auto"
     num_workers: int = 0
     cache: bool = True
+    skip_errors: bool = False
     save_every: int = 0
     resume: bool = False
     stop_at_step: int | None = None
@@ -187,26 +191,42 @@ def _train_split(cfg: TrainConfig):
 
 
 class _Memo(torch.utils.data.Dataset):
-    """Keeps each preprocessed clip (float16, the whole frame pool) after its first fetch; the
-    caption (and, with a frame pool, the frames) are drawn per epoch. Every fetch, first or not,
-    returns float16-rounded frames (exact resumes)."""
+    """Training items over the usable videos, clips kept as float16 (the whole frame pool).
 
-    def __init__(self, base, clips: torch.Tensor | None = None) -> None:
+    A clip not given up front is decoded at its first fetch and kept. The caption (and, with a
+    frame pool, the frames) are drawn per epoch. Every fetch, first or not, returns float16-
+    rounded frames (exact resumes). ``index``: the videos to train on (default: all).
+    """
+
+    def __init__(self, base, clips=None, index: list[int] | None = None) -> None:
         self.base = base
-        self.frames = dict(enumerate(clips)) if clips is not None else {}
+        if clips is None:
+            clips = {}
+        self.frames = dict(clips) if isinstance(clips, dict) else dict(enumerate(clips))
+        self.index = index if index is not None else list(range(len(base)))
 
     def __len__(self) -> int:
-        return len(self.base)
+        return len(self.index)
 
     def set_epoch(self, epoch: int) -> None:
         self.base.set_epoch(epoch)
 
-    def __getitem__(self, v: int) -> dict:
+    def preload(self) -> None:
+        """Decode every clip not held yet (batched); drop the videos the source skips."""
+        t0, split = time.perf_counter(), self.base.split
+        todo = [v for v in self.index if v not in self.frames]
+        self.frames.update(self.base.source.clips(videos=todo))
+        bad = [split.videos[v].id for v in self.index if v not in self.frames]
+        if bad:
+            log.warning("skip_errors: leaving out %d undecodable training videos: %s", len(bad),
+                        ", ".join(bad[:20]) + (" ..." if len(bad) > 20 else ""))
+        self.index = [v for v in self.index if v in self.frames]
+        log.info("decoded %d training clips in %.0fs", len(todo), time.perf_counter() - t0)
+
+    def __getitem__(self, i: int) -> dict:
+        v = self.index[i]
         if v not in self.frames:
-            frames = self.base.source.frames(v)
-            if frames is None:
-                return {"skipped": v}  # a skipped video stays skipped
-            self.frames[v] = frames.to(torch.float16)
+            self.frames[v] = self.base.source.frames(v).to(torch.float16)
         c = self.base.caption_for(v)
         return {
             "frames": self.base.pick(v, self.frames[v]).float(),
@@ -219,29 +239,55 @@ class _Memo(torch.utils.data.Dataset):
 def make_dataset(
     cfg: TrainConfig, image_size: int, split=None, clips: torch.Tensor | None = None
 ) -> torch.utils.data.Dataset:
-    """The training dataset: one caption drawn per video per epoch; memoised when ``cfg.cache``.
+    """The training dataset: one caption drawn per video per epoch.
 
     ``clips``: pre-decoded float16 ``[V, T, 3, S, S]`` frames of ``split`` (see
-    :func:`tokred.evaluate.load_videos`), used instead of decoding.
+    :func:`tokred.evaluate.load_videos`), used instead of decoding. Without them and with
+    ``cfg.cache`` (and no DataLoader workers) clips are kept in memory as float16 once decoded
+    (:func:`train` decodes them all before the first step when the run covers the data or
+    ``cfg.skip_errors`` is set), unless they would exceed :func:`cache_limit`; then they are
+    decoded every epoch. ``cfg.skip_errors`` needs the cached path: undecodable videos are
+    found in that first pass, named in a warning and left out (the same on every rank).
     """
     from .data import TrainDataset, check_files
 
     split = split if split is not None else _train_split(cfg)
     check_files(split)
+    pool = cfg.frame_pool or cfg.train_frames or cfg.frames
     ds = TrainDataset(
         split,
         seed=cfg.seed,
-        num_frames=cfg.frame_pool or cfg.train_frames or cfg.frames,
+        num_frames=pool,
         image_size=image_size,
         sampling=cfg.sampling,
         take=(cfg.train_frames or cfg.frames) if cfg.frame_pool else None,
+        skip_errors=cfg.skip_errors,
     )
     if clips is not None:
-        want = (len(split.videos), cfg.frame_pool or cfg.train_frames or cfg.frames)
+        want = (len(split.videos), pool)
         if tuple(clips.shape[:2]) != want:
             raise ValueError(f"clips {tuple(clips.shape)} do not match (videos, frames) = {want}")
         return _Memo(ds, clips)
-    return _Memo(ds) if cfg.cache and cfg.num_workers == 0 else ds
+    need = len(split.videos) * pool * 3 * image_size**2 * 2  # float16 bytes
+    why = ("cache=False" if not cfg.cache else f"num_workers={cfg.num_workers}"
+           if cfg.num_workers else f"{need / 2**30:.1f} GiB of clips > the "
+           f"{cache_limit() / 2**30:.1f} GiB cache limit" if need > cache_limit() else None)
+    if why and cfg.skip_errors:
+        raise ValueError(f"skip_errors needs the cached first pass over the videos ({why}); "
+                         "fix or remove the bad videos instead (their ids are in the error)")
+    if why:
+        log.info("training clips not cached (%s): decoded every epoch", why)
+        return ds
+    return _Memo(ds)
+
+
+def cache_limit() -> int:
+    """Bytes of decoded training clips kept in memory: a quarter of RAM, at most 8 GiB."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        ram = 8 * 2**30
+    return min(8 * 2**30, ram // 4)
 
 
 def epoch_batches(
@@ -370,6 +416,9 @@ def train(cfg: TrainConfig, split=None, clips: torch.Tensor | None = None) -> di
     out.mkdir(parents=True, exist_ok=True)
     model = build_for_training(cfg, info.device)
     ds = make_dataset(cfg, model.video.backbone.spec.image_size, split, clips)
+    if isinstance(ds, _Memo) and (cfg.skip_errors or cfg.max_steps is None
+                                  or cfg.max_steps * cfg.batch_size >= len(ds)):
+        ds.preload()  # before the clock starts: a time budget is spent on steps
     local = _local_batch(cfg, info, len(ds))
     steps_per_epoch = len(ds) // (local * info.world) // cfg.grad_accum
     total = cfg.max_steps or max(1, int(cfg.epochs * steps_per_epoch))

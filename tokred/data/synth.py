@@ -75,7 +75,7 @@ GENERATOR_VERSION = 4  # bump whenever the same config would render different vi
 
 @dataclass(frozen=True)
 class SynthConfig:
-    """Benchmark size and content (defaults: ~15 s to generate on 2 idle cores, 19 MB).
+    """Benchmark size and content (defaults: ~10 s to generate on 2 idle cores, ~35 MB).
 
     Attributes:
         seed: Everything (scenes, textures, caption wording) derives from it.
@@ -94,7 +94,7 @@ class SynthConfig:
     """
 
     seed: int = 0
-    train_videos: int = 2000
+    train_videos: int = 4000
     test_videos: int = 500
     frames: int = 16
     size: int = 64
