@@ -138,3 +138,20 @@ def test_missing_video_raises_before_decoding(synth_dir: Path, tmp_path: Path) -
 
     with pytest.raises(FileNotFoundError, match="video3"):
         check_files(load_split("msrvtt", tmp_path / "s", "train"))
+
+
+def test_clips_batch_same_sized_videos_and_match_per_clip_preprocessing(synth_dir: Path) -> None:
+    import numpy as np
+
+    split = load_split("msrvtt", synth_dir, "train")
+    src = dataset_mod.FrameSource(split, num_frames=3, image_size=32)
+    rng = np.random.default_rng(0)
+    sizes = [(48, 64), (40, 40), (48, 64), (40, 40), (36, 50), (48, 64)]  # real sets mix sizes
+    raws = [rng.integers(0, 256, (3, h, w, 3), dtype=np.uint8) for h, w in sizes]
+    src.raw = lambda v: (raws[v], np.arange(3))
+    clips = src.clips(chunk=4)
+    assert sorted(clips) == list(range(6))
+    for v, raw in enumerate(raws):
+        want = src.transform(raw).to(torch.float16)
+        assert clips[v].shape == (3, 3, 32, 32) and torch.equal(clips[v], want)
+    assert sorted(src.clips(videos=[4, 1])) == [1, 4]

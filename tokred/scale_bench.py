@@ -62,12 +62,12 @@ class BenchConfig:
     frame_pool: int | None = 16
     eval_frames: int = 12
     batch_size: int = 128
-    steps: int = 600
+    steps: int = 1200
     lr: float = 1e-3
     warmup: float = 0.05
     weight_decay: float = 0.2
     patch_dropout: float = 0.5
-    time_budget: float = 8.0
+    time_budget: float = 7.75
     precision: str = "fp32"
     ft_mode: str = "full"
     ft_steps: int = 8
