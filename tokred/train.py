@@ -268,10 +268,7 @@ def make_dataset(
         if tuple(clips.shape[:2]) != want:
             raise ValueError(f"clips {tuple(clips.shape)} do not match (videos, frames) = {want}")
         return _Memo(ds, clips)
-    need = len(split.videos) * pool * 3 * image_size**2 * 2  # float16 bytes
-    why = ("cache=False" if not cfg.cache else f"num_workers={cfg.num_workers}"
-           if cfg.num_workers else f"{need / 2**30:.1f} GiB of clips > the "
-           f"{cache_limit() / 2**30:.1f} GiB cache limit" if need > cache_limit() else None)
+    why = _no_cache_reason(cfg, len(split.videos) * pool * 3 * image_size**2 * 2)
     if why and cfg.skip_errors:
         raise ValueError(f"skip_errors needs the cached first pass over the videos ({why}); "
                          "fix or remove the bad videos instead (their ids are in the error)")
@@ -279,6 +276,17 @@ def make_dataset(
         log.info("training clips not cached (%s): decoded every epoch", why)
         return ds
     return _Memo(ds)
+
+
+def _no_cache_reason(cfg: TrainConfig, need: int) -> str | None:
+    """Why the training clips (``need`` bytes as float16) are not kept in memory, or None."""
+    if not cfg.cache:
+        return "cache=False"
+    if cfg.num_workers:
+        return f"num_workers={cfg.num_workers}"
+    if need > cache_limit():
+        return f"{need / 2**30:.1f} GiB of clips > the {cache_limit() / 2**30:.1f} GiB limit"
+    return None
 
 
 def cache_limit() -> int:

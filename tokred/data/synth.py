@@ -75,7 +75,7 @@ GENERATOR_VERSION = 4  # bump whenever the same config would render different vi
 
 @dataclass(frozen=True)
 class SynthConfig:
-    """Benchmark size and content (defaults: ~10 s to generate on 2 idle cores, ~35 MB).
+    """Benchmark size and content (defaults: ~10 s to generate on 2 idle cores, ~40 MB).
 
     Attributes:
         seed: Everything (scenes, textures, caption wording) derives from it.
