@@ -44,6 +44,8 @@ class BenchConfig:
 
     Attributes:
         out: output directory (synth data, checkpoints, results.jsonl, summary.md).
+        train_videos: synthetic training videos (the test set is drawn after them, so it
+            changes with this number too).
         train_frames / eval_frames: frames per clip in base training / in evaluation.
         frame_pool: frames decoded per training video; base training draws ``train_frames``
             of them per epoch, one per segment (temporal jitter; 0: fixed uniform frames).
@@ -58,6 +60,7 @@ class BenchConfig:
     out: str = "runs/scale"
     model: str = "scale-B32"
     seed: int = 0
+    train_videos: int = 4000
     train_frames: int = 2
     frame_pool: int | None = 16
     eval_frames: int = 12
@@ -255,7 +258,10 @@ def run(cfg: BenchConfig) -> list[dict]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    records = [prepare_synth(out / "synth")]
+    from .data.synth import SynthConfig
+
+    synth = SynthConfig(seed=cfg.seed, train_videos=cfg.train_videos)
+    records = [prepare_synth(out / "synth", synth)]
     data = load_data(out / "synth", cfg.frame_pool or cfg.train_frames, cfg.eval_frames)
     records[0]["load_s"] = data.load_s
     base = train_base(cfg, data, out / "synth")
