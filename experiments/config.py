@@ -26,7 +26,7 @@ from .schema import (
     TOP_KEYS,
 )
 from .schema import check_keys as _check_keys
-from .validate import check_data_paths, check_reducer
+from .validate import check_data_paths, check_recipe, check_reducer
 from .yamlconf import ConfigError, Located, expand_env, load_yaml
 
 __all__ = ["ConfigError", "SweepConfig", "Trial", "load_config", "load_yaml"]
@@ -173,6 +173,10 @@ def _quality_trials(loc: Located) -> list[Trial]:
     check_data_paths(loc, sec, ConfigError)
     modes = _modes(loc, ("quality", "modes"), sec.get("modes", list(MODES)))
     model, frames = sec.get("model", "scale-B32"), int(sec.get("frames", 12))
+    if not sec.get("weights"):
+        check_recipe(sec.get("base") or {}, "none", {}, model, frames,
+                     loc.where("quality", "base") if "base" in sec else loc.where("quality"),
+                     ConfigError)
     common = {
         "model": model, "weights": sec.get("weights"), "frames": frames,
         "data": data, "base": sec.get("base") or {}, "split": sec.get("split", "test"),
@@ -185,6 +189,8 @@ def _quality_trials(loc: Located) -> list[Trial]:
         _check_keys(loc, (), own, _recipe_keys(), f"finetune of entry at {line}", ConfigError)
         recipe = {**(sec.get("finetune") or {}), **own}
         for mode in _modes(loc, (), entry["modes"], line) if "modes" in entry else modes:
+            if mode == "finetuned":
+                check_recipe(recipe, name, options, model, frames, line, ConfigError)
             extra = {"finetune": recipe} if mode == "finetuned" else {}
             trials.append(make_trial("quality", {**common, **extra, "mode": mode,
                                                  "reducer": name, "options": options}))

@@ -93,3 +93,22 @@ def _known_tag(sec: dict, weights: str) -> bool:
     import open_clip
 
     return weights in open_clip.list_pretrained_tags_by_model(sec.get("model", ""))
+
+
+def check_recipe(recipe: dict, reducer: str, options: dict, model: str, frames: int,
+                 where: str, error: type[Exception]) -> None:
+    """Build the training config of a ``base:`` / ``finetune:`` recipe for ``reducer``.
+
+    Raises ``error`` naming ``where`` for a value TrainConfig rejects (an unknown mode, a
+    frame pool smaller than train_frames, patch dropout with a reducer other than none, ...),
+    before any trial runs instead of after the base model has trained.
+    """
+    try:
+        from tokred.train import TrainConfig
+    except ImportError:  # the library is not importable: key checks only
+        return
+    kw = {k: v for k, v in recipe.items() if k != "eval_batch_size"}
+    try:
+        TrainConfig(model=model, frames=frames, reducer=reducer, reducer_options=options, **kw)
+    except (TypeError, ValueError) as err:
+        raise error(f"{where}: recipe {kw} cannot train {reducer}: {err}") from None

@@ -79,6 +79,36 @@ def test_typo_keys_are_reported_with_line(tmp_path, old, new, expect):
     assert expect in str(err.value)
 
 
+QUALITY = """\
+name: q
+quality:
+  model: scale-B32
+  frames: 8
+  data: {kind: synth, synth: {train_videos: 16, test_videos: 12, frames: 8}}
+  base: {mode: scratch, max_steps: 3, batch_size: 8, train_frames: 2, frame_pool: 8}
+  finetune: {mode: full, max_steps: 1, batch_size: 8}
+  reducers:
+    - none
+    - {name: tome, options: {r: 2}}
+"""
+
+
+@pytest.mark.parametrize("old, new, needle, expect", [
+    ("frame_pool: 8}", "frame_pool: 1}", "base:", "frame_pool=1 must be at least train_frames"),
+    ("mode: scratch,", "mode: scrach,", "base:", "mode must be one of"),
+    ("batch_size: 8}\n  reducers", "batch_size: 8, patch_dropout: 0.5}\n  reducers",
+     "{name: tome", "needs reducer 'none'"),
+])
+def test_bad_recipe_values_stop_before_any_trial(tmp_path, old, new, needle, expect):
+    text = QUALITY.replace(old, new)
+    assert text != QUALITY
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    assert f"c.yaml:{line_of(text, needle)}:" in str(err.value)
+    assert expect in str(err.value)
+    assert len(load_config(write(tmp_path, QUALITY, "ok.yaml")).trials) == 4
+
+
 def test_missing_msrvtt_data_stops_at_once_but_cost_only_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("MSRVTT_ROOT", str(tmp_path / "nowhere"))
     path = ROOT / "experiments/configs/msrvtt_vitb32.yaml"
