@@ -14,12 +14,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .plots_tokens import provenance_figure  # noqa: E402
+from .tables import ORDER  # noqa: E402
 
 log = logging.getLogger(__name__)
 GMACS_LABEL = "visual GMACs per video (10$^9$ multiply-accumulates; GFLOPs = 2 x GMACs)"
 
 
-FIXED = {"none": 7, "tome": 0, "tempme": 1, "centerclip": 2, "pooling": 3, "sparse": 4}
+FIXED = {"none": 7, **{n: i for i, n in enumerate(ORDER[1:])}}  # none grey, built-ins 0..4
 
 
 def reducer_colours(names) -> dict[str, tuple]:

@@ -22,8 +22,8 @@ from .tables import RANK_COLS, cost_frame, load_published, published_for, qualit
 log = logging.getLogger(__name__)
 
 COST_COLS = ["setting", "weights", "GMACs", "fvcore GMACs", "GMACs %", "reducer GMACs",
-             "tokens out", "act. MiB/video", "memory %", "ms/video", "videos/s", "timing spread", "speed-up",
-             "trainable params", "trainable (LoRA)"]
+             "tokens out", "act. MiB/video", "memory %", "ms/video", "videos/s", "timing spread",
+             "speed-up", "trainable params", "trainable (LoRA)"]
 QUALITY_COLS = ["data", "setting", "MeM act. MiB/video", "ms/video", *RANK_COLS, "R-Sum",
                 "GMACs", "tokens out", "trainable params", "twin acc."]
 GMACS_NOTE = ("GMACs = 10^9 multiply-accumulates of the visual tower per video, counted "
@@ -89,14 +89,13 @@ def quality_section(df: pd.DataFrame, pubs: list[dict]) -> list[str]:
     return lines
 
 
-SYNTH_TYPES = ("static", "direction", "order", "small")
-
-
 def synth_detail(g: pd.DataFrame, mode: str) -> list[str]:
     """Per-caption-type t2v R@1/R@5, multiples of chance, twin accuracy and wall times."""
+    from tokred.data.synth import TYPES
+
     if "x chance" not in g:
         return []
-    types = [t for t in SYNTH_TYPES if f"{t} R@1" in g and g[f"{t} R@1"].notna().any()]
+    types = [t for t in TYPES if f"{t} R@1" in g and g[f"{t} R@1"].notna().any()]
     cols = ["setting", "t2v_R@1", "x chance", "t2v_R@5", "t2v_R@10", "R-Sum"]
     cols += [f"{t} R@{k}" for t in types for k in (1, 5)]
     cols += ["twin acc.", "eval s"] + (["train s"] if mode == "finetuned" else [])

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from .data.synth import TYPES, SynthConfig
 from .evaluate import evaluate, load_model, load_videos
 from .train import TrainConfig, train
 
@@ -258,8 +259,6 @@ def run(cfg: BenchConfig) -> list[dict]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    from .data.synth import SynthConfig
-
     synth = SynthConfig(seed=cfg.seed, train_videos=cfg.train_videos)
     records = [prepare_synth(out / "synth", synth)]
     data = load_data(out / "synth", cfg.frame_pool or cfg.train_frames, cfg.eval_frames)
@@ -293,7 +292,7 @@ def format_table(records: list[dict]) -> str:
     if not evals:
         return "SYNTHETIC: no evaluation records"
     e0 = evals[0]
-    types = [t for t in ("static", "direction", "order", "small") if t in e0.get("per_type", {})]
+    types = [t for t in TYPES if t in e0.get("per_type", {})]
     lines = [
         f"SYNTHETIC benchmark (scale model, {e0['num_captions']} test captions / "
         f"{e0['num_videos']} videos; chance t2v R@1 {e0['chance_R@1']:.2f}%, "

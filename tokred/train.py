@@ -183,11 +183,9 @@ def load_init(model: RetrievalModel, path: str, reducer: str) -> None:
 
 
 def _train_split(cfg: TrainConfig):
-    from .data import check_files, load_split
+    from .data import load_split
 
-    split = load_split(cfg.data, cfg.root, cfg.split, cfg.video_root)
-    check_files(split)  # every missing video named before any step runs
-    return split
+    return load_split(cfg.data, cfg.root, cfg.split, cfg.video_root)
 
 
 class _Memo(torch.utils.data.Dataset):
@@ -215,6 +213,8 @@ class _Memo(torch.utils.data.Dataset):
         """Decode every clip not held yet (batched); drop the videos the source skips."""
         t0, split = time.perf_counter(), self.base.split
         todo = [v for v in self.index if v not in self.frames]
+        if not todo:
+            return
         self.frames.update(self.base.source.clips(videos=todo))
         bad = [split.videos[v].id for v in self.index if v not in self.frames]
         if bad:
@@ -252,7 +252,7 @@ def make_dataset(
     from .data import TrainDataset, check_files
 
     split = split if split is not None else _train_split(cfg)
-    check_files(split)
+    check_files(split)  # every missing video named before any step runs
     pool = cfg.frame_pool or cfg.train_frames or cfg.frames
     ds = TrainDataset(
         split,

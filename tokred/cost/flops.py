@@ -69,7 +69,6 @@ NO_ARITHMETIC = frozenset({
 })
 
 
-
 LAYER_OPS = frozenset({
     "linear", "conv", "scaled_dot_product_attention", "_native_multi_head_attention",
     "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_attention_math",
@@ -84,6 +83,7 @@ def _with_inplace(ops: frozenset) -> frozenset:
 
 ELEMENTWISE = _with_inplace(ELEMENTWISE)
 NO_ARITHMETIC = _with_inplace(NO_ARITHMETIC)
+
 
 def _shape(v: Any) -> list[int]:
     return v.type().sizes()
