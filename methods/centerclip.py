@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Union
 
 import torch
@@ -11,13 +12,18 @@ from tokred import BackboneSpec, TokenReducer, TokenState, register_reducer
 from tokred.cluster import (
     DISTANCES,
     GRAPHS,
+    Clusters,
     SegmentStep,
     kmedoids,
     plan_segments,
     rows_gather,
+    sigma_floor,
     spectral_kmedoids,
     split_segments,
 )
+
+log = logging.getLogger(__name__)
+_WARNED: set[tuple] = set()  # (layer, sigma, graph) whose empty spectral graph was reported
 
 IntOrList = Union[int, list]
 ALGORITHMS = ("kmedoids", "spectral")
@@ -56,6 +62,18 @@ class CenterCLIP(TokenReducer):
             between nearest neighbours).
         knn: neighbours of the KNN graph; None = the paper's adaptive ``5 * fd``, ``+5`` when
             a frame has >= 100 patches (the 14x14 grid of ViT-B/16).
+        split_size: segments clustered together (they share the distance shift and the stop
+            rule, see :mod:`tokred.cluster`); None = the official 4 for ViT-B/16, 16 otherwise.
+        exact: exact distances (zero diagonal) and every segment clustered on its own, so a
+            video's tokens do not depend on the rest of its batch. Departs from the official
+            code and from the published results (2-22 % of the medoids differ at real sizes).
+        pre_norm: cluster L2-normalised tokens (the official ``pre_norm``; k-medoids only).
+        correct_sign: the official SVD sign correction of the spectral embedding.
+
+    Segments are clustered in the official order and chunks: all videos' first segments, then
+    all second segments, ..., in chunks of ``split_size``; so with ``exact=False`` (the
+    default) the kept tokens of a video can depend on the other videos of its batch, exactly
+    as in the official code.
 
     Modifications (vs. the official code):
         - Sizes: CenterCLIP tracks no token sizes and has no proportional attention; the kept
@@ -65,14 +83,18 @@ class CenterCLIP(TokenReducer):
           ``torch.cuda.amp.custom_fwd`` casts only under CUDA autocast, so CPU bf16 autocast
           would cluster in bf16 there). As there, selection is under ``no_grad`` and the medoid
           gather outside it, so gradients reach the kept tokens.
-        - Batched over every segment of every video at once with ``O(n^2)`` memory per segment
-          (the official medoid update forms a ``[B, K, n, n]`` tensor) and without the
-          ``split_size`` chunking.
-        - Convergence is decided per segment instead of on the batch mean, so a video's
-          clusters do not depend on the other videos in its batch.
-        - Spectral variant: ``eigh`` of ``L_sym`` instead of an SVD (same eigenvectors for this
-          symmetric positive semi-definite matrix), no sign correction (distances between the
-          embedded rows do not depend on eigenvector signs).
+        - ``O(n^2)`` memory per segment (the official medoid update forms a ``[B, K, n, n]``
+          tensor); the values and the order they are summed in are the same, and the medoids,
+          assignments and spectral embeddings equal the official ones bit for bit on CPU
+          (tests/test_centerclip_fidelity.py, on inputs captured inside the official code).
+        - Spectral variant: ``D^-1/2 L D^-1/2`` as two elementwise products instead of two
+          ``bmm`` with diagonal matrices (the same values). An empty affinity graph (sigma too
+          small for the token distances, e.g. the paper's sigma=2 on ViT-B tokens: every
+          off-diagonal affinity underflows to 0) is reported: a warning once per run with a
+          sigma that would connect the nearest tokens, and a count in :meth:`diagnostics`.
+          The selection on such a graph is positional (the first ``k`` tokens of the
+          segment), as in the official code.
+        - A segment with NaN or inf tokens is refused with an error naming its video.
         - Several clustering layers take one ``layer`` list with per-layer ``segments``/``k``
           lists (the official code configures them through per-block argparse lists).
         - Not implemented: the official ``aggregation`` (mean of each cluster instead of its
@@ -92,6 +114,10 @@ class CenterCLIP(TokenReducer):
         sigma: float = 2.0,
         graph: str = "heat",
         knn: int | None = None,
+        split_size: int | None = None,
+        exact: bool = False,
+        pre_norm: bool = False,
+        correct_sign: bool = True,
     ) -> None:
         super().__init__()
         _check_choice("algorithm", algorithm, ALGORITHMS)
@@ -100,16 +126,42 @@ class CenterCLIP(TokenReducer):
         if iters < 1 or threshold < 0 or sigma <= 0 or p <= 0:
             raise ValueError(f"centerclip: need iters >= 1, threshold >= 0, sigma > 0, p > 0; "
                              f"got iters={iters}, threshold={threshold}, sigma={sigma}, p={p}")
+        if (split_size is not None and split_size < 1) or (knn is not None and knn < 1):
+            raise ValueError(f"centerclip: need split_size >= 1 and knn >= 1 (or None); got "
+                             f"split_size={split_size}, knn={knn}")
         self.layer, self.segments, self.k = layer, segments, k
         self.algorithm, self.distance, self.p = algorithm, distance, p
         self.iters, self.threshold = iters, threshold
         self.sigma, self.graph, self.knn = sigma, graph, knn
+        self.split_size, self.exact = split_size, exact
+        self.pre_norm, self.correct_sign = pre_norm, correct_sign
         self.steps: dict[int, SegmentStep] = {}
+        self.reset_diagnostics()
 
     def setup(self, spec: BackboneSpec) -> None:
         super().setup(spec)
         steps = plan_segments(spec, self.layer, self.segments, self.k, name="centerclip")
         self.steps = {st.layer: st for st in steps}
+
+    def chunk(self) -> int:
+        """Segments clustered together: ``split_size``, or the official 4 (ViT-B/16) / 16."""
+        if self.split_size is not None:
+            return self.split_size
+        spec = self.spec
+        return 4 if spec is not None and (spec.patch_size, spec.width) == (16, 768) else 16
+
+    def reset_diagnostics(self) -> None:
+        """Zero the spectral-graph counters read by :meth:`diagnostics`."""
+        self._segments = self._empty = 0
+
+    def diagnostics(self) -> dict:
+        """Spectral variant: segments clustered and how many had an empty affinity graph.
+
+        Counters only (the forward never reads them); a sweep records them per trial.
+        """
+        if self.algorithm != "spectral":
+            return {}
+        return {"spectral_segments": self._segments, "spectral_empty_graph": self._empty}
 
     def pre_block(self, s: TokenState, layer: int) -> TokenState:
         step = self.steps.get(layer)
@@ -120,18 +172,56 @@ class CenterCLIP(TokenReducer):
         if step.k > points.shape[1]:
             raise ValueError(f"centerclip: k={step.k} at layer {layer} exceeds the "
                              f"{points.shape[1]} patch tokens of a segment")
-        medoids = self.select(points, step.k, join)  # [B*S, K], selected under no_grad
+        try:  # [B*S, K], selected under no_grad
+            medoids = self.select(points, step.k, join, step.segments, layer)
+        except ValueError as err:
+            raise _name_videos(err, s, step) from err
         x = torch.cat([cls, rows_gather(points, medoids)], dim=1)  # [B*S, p + K, C]
         size = x.new_ones(x.shape[0], x.shape[1], 1)
         return s.replace(x=x, size=size, groups=step.segments)
 
-    def select(self, points: Tensor, k: int, join: int) -> Tensor:
-        """Ascending medoid indices ``[R, k]`` of ``points [R, n, C]`` (``join`` = fd)."""
-        opts = dict(distance=self.distance, p=self.p, iters=self.iters, threshold=self.threshold)
+    def select(
+        self, points: Tensor, k: int, join: int, segments: int = 1, layer: int | None = None
+    ) -> Tensor:
+        """Ascending medoid indices ``[R, k]`` of ``points [R, n, C]``.
+
+        Args:
+            points: segments' patch tokens, video-major (row ``b * segments + s``).
+            k: medoids per segment.
+            join: sequences joined into each segment (``fd`` at the first step).
+            segments: segments per video; rows are clustered segment-major (all videos'
+                segment 0, then segment 1, ...) in chunks, as the official code does.
+            layer: block index, for the empty-graph report.
+        """
+        rows = points.shape[0]
+        order = torch.arange(rows, device=points.device).view(-1, segments).t().flatten()
+        opts = dict(distance=self.distance, p=self.p, iters=self.iters, threshold=self.threshold,
+                    split_size=self.chunk(), exact=self.exact)
         if self.algorithm == "spectral":
-            return spectral_kmedoids(points, k, sigma=self.sigma, graph=self.graph,
-                                     knn=self.knn_for(join, points.shape[1] // join), **opts).medoids
-        return kmedoids(points, k, **opts).medoids
+            res = spectral_kmedoids(points[order], k, sigma=self.sigma, graph=self.graph,
+                                    knn=self.knn_for(join, points.shape[1] // join),
+                                    correct_sign=self.correct_sign, **opts)
+            self._report_graph(res, layer)
+        else:
+            res = kmedoids(points[order], k, pre_norm=self.pre_norm, **opts)
+        return res.medoids[order.argsort()]  # back to video-major rows
+
+    def _report_graph(self, res: Clusters, layer: int | None) -> None:
+        empty = int(res.graph.empty.sum())
+        self._segments += len(res.graph.empty)
+        self._empty += empty
+        key = (layer, self.sigma, self.graph)
+        if empty and key not in _WARNED:
+            _WARNED.add(key)
+            floor = sigma_floor(float(res.graph.min_sq_dist.max()))
+            log.warning(
+                "centerclip spectral: the affinity graph at layer %s is empty in %d of %d "
+                "segments (sigma=%g, largest off-diagonal affinity %.3g, smallest squared token "
+                "distance %.4g): every affinity underflows to 0 and the selection is positional "
+                "(the first k tokens of each segment), as in the official code. Every segment's "
+                "graph has an edge from sigma ~ %.3g on.", layer, empty, len(res.graph.empty),
+                self.sigma, float(res.graph.max_affinity.max()),
+                float(res.graph.min_sq_dist.min()), floor)
 
     def knn_for(self, join: int, per_seq: int) -> int:
         """Neighbours of the KNN graph: ``knn`` if set, else the official adaptive rule.
@@ -147,8 +237,8 @@ class CenterCLIP(TokenReducer):
         """Clustering MACs per video: distance matrices, KKZ seeding, ~10 k-medoids rounds.
 
         Per segment of ``n`` points and width ``C``: ``n^2 C`` (distance matrix),
-        ``K n`` (KKZ), and per round ``K n`` (assignment) + ``n^2 K`` (the bmm of the medoid
-        update);
+        ``K n`` (KKZ), and per round ``K n`` (assignment) + ``n^2`` (the masked row sums of the
+        medoid update);
         the spectral variant adds the graph (``n^2 C``), ``~3 n^3`` for the eigendecomposition
         and a distance matrix of the ``K``-dimensional embedding (``n^2 K``).
         """
@@ -156,7 +246,7 @@ class CenterCLIP(TokenReducer):
         total = 0.0
         for st in plan_segments(spec, self.layer, self.segments, self.k, name="centerclip"):
             n, k = st.points, st.k
-            per_seg = n * n * spec.width + k * n + ITERS_ESTIMATE * (k * n + n * n * k)
+            per_seg = n * n * spec.width + k * n + ITERS_ESTIMATE * (k * n + n * n)
             if self.algorithm == "spectral":
                 per_seg += 3.0 * n**3 + n * n * k
             total += st.segments * per_seg
@@ -165,6 +255,22 @@ class CenterCLIP(TokenReducer):
     def extra_repr(self) -> str:
         return (f"layer={self.layer!r}, segments={self.segments!r}, k={self.k!r}, "
                 f"algorithm={self.algorithm!r}, distance={self.distance!r}")
+
+
+def _name_videos(err: ValueError, s: TokenState, step: SegmentStep) -> ValueError:
+    """Say which videos a non-finite-points error came from (rows are video-major)."""
+    msg = str(err)
+    if "NaN or inf" not in msg:
+        return err
+    bad = sorted({i // step.segments for i in _bad_rows(s, step)})
+    return ValueError(f"centerclip: video(s) {bad} of the batch have NaN or inf tokens at the "
+                      f"input of block {step.layer} (check those videos' frames); {msg}")
+
+
+def _bad_rows(s: TokenState, step: SegmentStep) -> list[int]:
+    rows = s.x.shape[0] // (s.groups // step.segments)
+    finite = torch.isfinite(s.x.detach()).reshape(rows, -1).all(dim=1)
+    return (~finite).nonzero().flatten().tolist()
 
 
 def _join(s: TokenState, step: SegmentStep) -> int:

@@ -1,4 +1,9 @@
-"""The shared clustering routine equals plain loop implementations written here."""
+"""The shared clustering routine equals plain loop implementations written here.
+
+Two modes (tokred.cluster): ``exact=True`` is checked against loops over exact distances;
+the default (official) mode against loops over the official distance values, chunk by chunk.
+Equality with the official code itself: tests/test_centerclip_fidelity.py.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,18 @@ import pytest
 import torch
 
 from tokred.cluster import (
+    affinity,
     assign_points,
     kkz_init,
     kmedoids,
+    nearest_self,
     pairwise_distance,
     plan_segments,
+    sigma_floor,
     spectral_embedding,
     spectral_kmedoids,
     split_segments,
+    sq_distance,
     update_medoids,
 )
 from tokred.spec import BackboneSpec
@@ -47,7 +56,7 @@ def ref_kkz(pts, d, k):
     norms = [float(pts[i].double().norm()) for i in range(n)]
     chosen = [max(range(n), key=lambda i: (norms[i], -i))]  # largest norm, lowest index
     while len(chosen) < k:
-        best, best_d = None, -1.0
+        best, best_d = None, float("-inf")
         for i in range(n):
             if i in chosen:
                 continue
@@ -76,17 +85,36 @@ def ref_update(d, assign, k):
     return med
 
 
+def ref_shift(pts, new, old):
+    return sum(float((pts[a].double() - pts[b].double()).norm()) for a, b in zip(new, old))
+
+
 def ref_kmedoids(pts, k, distance="euclidean", p=2.0, iters=100, threshold=1e-6):
     d = ref_distance(pts, distance, p)
     med = ref_kkz(pts, d, k)
     for _ in range(iters):
         new = ref_update(d, ref_assign(d, med), k)
-        shift = sum(d[a][b] for a, b in zip(new, med))
+        shift = ref_shift(pts, new, med)
         med = new
         if shift < threshold:
             break
     med = sorted(med)
     return med, ref_assign(d, med)
+
+
+def ref_chunk(pts_rows, k, iters=100, threshold=1e-6):
+    """The official rule over one chunk, in loops: the shifted values of the chunk's official
+    distance matrix (tokred's own, so only the algorithm is compared), one stop rule for all."""
+    d = nearest_self(pairwise_distance(torch.stack(pts_rows))).tolist()
+    med = [ref_kkz(pts, d[r], k) for r, pts in enumerate(pts_rows)]
+    for _ in range(iters):
+        new = [ref_update(d[r], ref_assign(d[r], med[r]), k) for r in range(len(pts_rows))]
+        shift = sum(ref_shift(pts, a, b) for pts, a, b in zip(pts_rows, new, med)) / len(med)
+        med = new
+        if shift < threshold:
+            break
+    med = [sorted(m) for m in med]
+    return med, [ref_assign(d[r], m) for r, m in enumerate(med)]
 
 
 # ---------------------------------------------------------------- tests
@@ -95,16 +123,33 @@ def ref_kmedoids(pts, k, distance="euclidean", p=2.0, iters=100, threshold=1e-6)
 @pytest.mark.parametrize("distance, p", [("euclidean", 2.0), ("euclidean", 1.0), ("cosine", 2.0)])
 def test_pairwise_distance_equals_loops(distance, p):
     x = _points(2, 12)
-    d = pairwise_distance(x, distance, p)
+    exact = pairwise_distance(x, distance, p, exact=True)
+    official = pairwise_distance(x, distance, p)
     for r in range(2):
         ref = torch.tensor(ref_distance(x[r], distance, p), dtype=torch.float64)
-        assert torch.allclose(d[r].double(), ref, atol=1e-4)
-        assert torch.equal(d[r].diagonal(), torch.zeros(12))
+        assert torch.allclose(exact[r].double(), ref, atol=1e-4)
+        assert torch.allclose(official[r].double(), ref, atol=1e-4)
+        assert torch.equal(exact[r].diagonal(), torch.zeros(12))
+    if distance == "euclidean":  # the official values are torch.cdist's, rounding included
+        assert torch.equal(official, torch.cdist(x, x, p=p))
+
+
+def test_official_values_keep_cdist_diagonal_noise():
+    # 147 points of 768 dims (a ViT-B/32 segment): cdist's mm path leaves noise on the diagonal
+    x = _points(1, 147, 768, seed=4)
+    d = pairwise_distance(x)
+    assert d.diagonal(dim1=1, dim2=2).abs().max() > 0
+    assert torch.equal(pairwise_distance(x, exact=True).diagonal(dim1=1, dim2=2), torch.zeros(1, 147))
+
+
+def test_nearest_self_shifts_by_the_chunk_maximum():
+    d = torch.tensor([[[0.0, 2.0], [2.0, 0.0]], [[0.0, 5.0], [5.0, 0.0]]])
+    assert nearest_self(d).tolist() == [[[-7.0, -4.0], [-4.0, -7.0]], [[-7.0, -1.0], [-1.0, -7.0]]]
 
 
 def test_kkz_seeds_equal_reference():
     x = _points(4, 40)
-    d = pairwise_distance(x)
+    d = pairwise_distance(x, exact=True)
     seeds = kkz_init(x, d, 9)
     for r in range(4):
         assert seeds[r].tolist() == ref_kkz(x[r], ref_distance(x[r]), 9)
@@ -113,27 +158,46 @@ def test_kkz_seeds_equal_reference():
 
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("distance, p", [("euclidean", 2.0), ("euclidean", 1.0), ("cosine", 2.0)])
-def test_kmedoids_equals_reference(seed, distance, p):
+def test_exact_kmedoids_equals_reference(seed, distance, p):
     x = _points(3, 36, seed=seed)
-    got = kmedoids(x, 6, distance=distance, p=p)
+    got = kmedoids(x, 6, distance=distance, p=p, exact=True)
     for r in range(3):
         med, assign = ref_kmedoids(x[r], 6, distance, p)
         assert got.medoids[r].tolist() == med
         assert got.assign[r].tolist() == assign
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_official_kmedoids_equals_chunk_reference(seed):
+    x = _points(5, 30, seed=seed)
+    got = kmedoids(x, 5, split_size=2)  # chunks: rows 0-1, 2-3, 4
+    for lo in (0, 2, 4):
+        rows = list(x[lo : lo + 2])
+        med, assign = ref_chunk(rows, 5)
+        assert got.medoids[lo : lo + 2].tolist() == med
+        assert got.assign[lo : lo + 2].tolist() == assign
+
+
+def test_chunks_are_clustered_independently():
+    x = _points(6, 40, 12, seed=9)
+    whole = kmedoids(x, 7, split_size=2).medoids
+    parts = torch.cat([kmedoids(x[i : i + 2], 7).medoids for i in (0, 2, 4)])
+    assert torch.equal(whole, parts)
+
+
 def test_update_on_hand_made_clusters():
     pts = torch.tensor([0.0, 1.0, 2.0, 10.0, 11.0, 30.0])[None, :, None]  # [1, 6, 1]
-    d = pairwise_distance(pts)
+    d = pairwise_distance(pts, exact=True)
     assign = torch.tensor([[0, 0, 0, 1, 1, 2]])
     # middle of {0,1,2}; {10,11} tie -> lowest index; singleton {30}
     assert update_medoids(d, assign, 3).tolist() == [[1, 3, 5]]
     assert assign_points(d, torch.tensor([[1, 3, 5]])).tolist() == [[0, 0, 0, 1, 1, 2]]
 
 
-def test_medoids_distinct_in_own_cluster_and_deterministic():
+@pytest.mark.parametrize("exact", [False, True])
+def test_medoids_distinct_in_own_cluster_and_deterministic(exact):
     x = _points(5, 60, 16, seed=3)
-    a, b = kmedoids(x, 12), kmedoids(x, 12)
+    a, b = kmedoids(x, 12, exact=exact), kmedoids(x, 12, exact=exact)
     assert torch.equal(a.medoids, b.medoids) and torch.equal(a.assign, b.assign)
     for r in range(5):
         med = a.medoids[r]
@@ -142,19 +206,20 @@ def test_medoids_distinct_in_own_cluster_and_deterministic():
         assert torch.equal(a.assign[r, med], torch.arange(12))  # each medoid in its own cluster
 
 
-def test_duplicate_points_still_give_distinct_medoids():
+@pytest.mark.parametrize("exact", [False, True])
+def test_duplicate_points_still_give_distinct_medoids(exact):
     x = torch.zeros(2, 10, 4)
     x[1, 5:] = 1.0  # row 1: two distinct values, five copies each
-    res = kmedoids(x, 4)
+    res = kmedoids(x, 4, exact=exact)
     for r in range(2):
         assert len(set(res.medoids[r].tolist())) == 4
         assert torch.equal(res.assign[r, res.medoids[r]], torch.arange(4))
 
 
-def test_a_row_alone_equals_inside_the_batch():
+def test_exact_mode_a_row_alone_equals_inside_the_batch():
     x = _points(6, 50, 12, seed=5)
-    together = kmedoids(x, 7).medoids
-    alone = torch.cat([kmedoids(x[r : r + 1], 7).medoids for r in range(6)])
+    together = kmedoids(x, 7, exact=True).medoids
+    alone = torch.cat([kmedoids(x[r : r + 1], 7, exact=True).medoids for r in range(6)])
     assert torch.equal(together, alone)
 
 
@@ -175,6 +240,25 @@ def test_k_out_of_range_is_named():
         kmedoids(torch.randn(1, 10, 3), 11)
 
 
+def test_non_finite_points_are_refused_naming_the_rows():
+    x = _points(3, 10, 4)
+    x[1, 4, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"point sets \[1\] contain NaN or inf"):
+        kmedoids(x, 3)
+
+
+def test_given_distances_are_used_and_validated():
+    x = _points(2, 20, 4, seed=6)
+    d = pairwise_distance(x)
+    assert torch.equal(kmedoids(x, 4, dist=d).medoids, kmedoids(x, 4).medoids)
+    with pytest.raises(ValueError, match=r"negative entries .* plain distances"):
+        kmedoids(x, 4, dist=nearest_self(d))
+    with pytest.raises(ValueError, match=r"shape \[R, n, n\] = \[2, 20, 20\]"):
+        kmedoids(x, 4, dist=d[:, :10])
+    with pytest.raises(ValueError, match=r"NaN or inf"):
+        kmedoids(x, 4, dist=d.clone().fill_(float("inf")))
+
+
 def test_spectral_k_distinct_sorted_medoids():
     x = _points(4, 48, 16, seed=2)
     for graph in ("heat", "knn"):
@@ -186,10 +270,38 @@ def test_spectral_k_distinct_sorted_medoids():
 
 
 def test_spectral_first_eigenvector_is_sqrt_degree():
-    # L_sym's null vector is D^1/2 * 1: with k=1 every normalised row is the same +-1.
-    q = spectral_embedding(_points(2, 20, 4), 1, sigma=3.0)
+    # L_sym's null vector is D^1/2 * 1: with k=1 every normalised row is the same +-1, and
+    # the official sign rule makes it +1.
+    w = affinity(sq_distance(_points(2, 20, 4)), sigma=3.0)
+    q = spectral_embedding(w, 1)
     assert torch.allclose(q.abs(), torch.ones_like(q), atol=1e-4)
     assert (q.sign() == q[:, :1].sign()).all()
+
+
+def test_empty_graph_selects_the_first_points_as_the_official_code():
+    # tokens ~40 apart with sigma=2: every off-diagonal affinity is exp(-200) = 0 in fp32,
+    # L_sym = 0, the sign rule zeroes the embedding, and every point ties.
+    x = _points(3, 30, 64, seed=8) * 5
+    res = spectral_kmedoids(x, 6, sigma=2.0)
+    assert res.graph.empty.tolist() == [True] * 3
+    assert res.graph.max_affinity.tolist() == [0.0] * 3
+    assert res.medoids.tolist() == [list(range(6))] * 3
+    # without the sign correction the embedding is not zero and the choice differs
+    assert spectral_kmedoids(x, 6, sigma=2.0, correct_sign=False).medoids.tolist() != \
+        [list(range(6))] * 3
+    floor = sigma_floor(float(res.graph.min_sq_dist.max()))  # every row gets an edge
+    assert not spectral_kmedoids(x, 6, sigma=1.05 * floor).graph.empty.any()
+    assert spectral_kmedoids(x, 6, sigma=0.95 * floor).graph.empty.any()
+
+
+def test_well_separated_graph_finds_the_clusters():
+    g = torch.Generator().manual_seed(1)
+    centres = torch.tensor([[0.0, 0.0], [20.0, 0.0], [0.0, 20.0]])
+    x = (centres.repeat_interleave(8, 0) + 0.3 * torch.randn(24, 2, generator=g))[None]
+    res = spectral_kmedoids(x, 3, sigma=2.0)
+    assert not res.graph.empty.any()
+    assert sorted(m // 8 for m in res.medoids[0].tolist()) == [0, 1, 2]  # one per cluster
+    assert res.assign[0].tolist() == [i // 8 for i in range(24)]
 
 
 def test_split_segments_hand_made():

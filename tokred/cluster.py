@@ -5,12 +5,27 @@ and returns indices; nothing here knows about models. Selection runs under ``no_
 with autocast disabled, so the caller gathers the chosen tokens outside and keeps gradients.
 Memory is ``O(R n^2)`` (one distance matrix per row); no ``[R, K, n, n]`` tensor is formed.
 
+Two numerical modes (``exact``):
+
+- ``exact=False`` (default) reproduces the official CenterCLIP code bit for bit: distances are
+  ``torch.cdist``'s values (its matrix-multiply path leaves rounding noise of up to ~0.02 on the
+  diagonal for 768-dim tokens), shifted negative by the maximum of the *chunk* of
+  ``split_size`` rows they are clustered with, and a chunk stops iterating when the mean medoid
+  movement of its rows falls below the threshold. At real sizes (147-588 points of 768 dims)
+  many medoid candidates tie within that noise, so these values decide 2-22 % of the medoids
+  and the published numbers depend on them. A row's result depends on the other rows of its
+  chunk, as in the official code.
+- ``exact=True``: exact distances (zero diagonal), every row clustered on its own (a row's
+  medoids do not depend on the batch). Mathematically the same algorithm, but it departs from
+  the official code's (and the published results') medoids wherever the noise decided.
+
 Reference: Zhao et al., "CenterCLIP: Token Clustering for Efficient Text-Video Retrieval",
 SIGIR 2022 (k-medoids++ = KKZ initialisation + alternating k-medoids; spectral variant).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +36,24 @@ from torch import Tensor
 
 DISTANCES = ("euclidean", "cosine")
 GRAPHS = ("heat", "knn")
+SPLIT_SIZE = 16  # rows clustered together by the official code (4 for ViT-B/16)
+# exp(-a) is exactly 0.0 in fp32 for a above ~103.97 (below the smallest subnormal)
+_FP32_EXP_ZERO = -math.log(torch.finfo(torch.float32).smallest_normal * 2.0**-23)
+
+
+class GraphStats(NamedTuple):
+    """Per-row facts about a spectral affinity graph ``W`` (``[R]`` each).
+
+    Attributes:
+        empty: no two distinct points have a non-zero affinity (fp32 underflow): the Laplacian
+            is zero, the embedding degenerates and the selection is positional.
+        max_affinity: the largest off-diagonal affinity.
+        min_sq_dist: the smallest squared distance between two distinct points.
+    """
+
+    empty: Tensor
+    max_affinity: Tensor
+    min_sq_dist: Tensor
 
 
 class Clusters(NamedTuple):
@@ -30,11 +63,13 @@ class Clusters(NamedTuple):
         medoids: ``[R, K]`` indices of the chosen points, ascending.
         assign: ``[R, n]`` cluster of every point (position in ``medoids``).
         iters: assignment/update rounds run (the maximum over rows).
+        graph: for spectral clustering, facts about the affinity graph (None otherwise).
     """
 
     medoids: Tensor
     assign: Tensor
     iters: int
+    graph: GraphStats | None = None
 
 
 @contextmanager
@@ -44,14 +79,19 @@ def _fp32(x: Tensor) -> Iterator[None]:
         yield
 
 
-def pairwise_distance(x: Tensor, distance: str = "euclidean", p: float = 2.0) -> Tensor:
-    """``[R, n, C]`` -> ``[R, n, n]`` fp32 distances with an exact zero diagonal.
+def pairwise_distance(
+    x: Tensor, distance: str = "euclidean", p: float = 2.0, exact: bool = False
+) -> Tensor:
+    """``[R, n, C]`` -> ``[R, n, n]`` fp32 distances.
 
     Args:
         x: points.
         distance: ``"euclidean"`` (Minkowski with exponent ``p``, not squared) or ``"cosine"``
-            (``1 - cos``).
+            (``1 - cos``, norms offset by 1e-6 as in the official code).
         p: Minkowski exponent of the euclidean distance.
+        exact: False: the official values (``torch.cdist``, whose matrix-multiply path leaves
+            rounding noise on the diagonal). True: the same distances with an exact zero
+            diagonal (one ``baddbmm`` for ``p=2``).
     """
     if distance not in DISTANCES:
         raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
@@ -59,15 +99,42 @@ def pairwise_distance(x: Tensor, distance: str = "euclidean", p: float = 2.0) ->
         x = x.detach().float()
         if distance == "cosine":
             u = x / (x.norm(dim=-1, keepdim=True) + 1e-6)
-            d = 1.0 - u @ u.transpose(1, 2)  # [R, n, n]
-        elif p == 2.0:  # ||a||^2 + ||b||^2 - 2 a.b: one bmm, as cdist's mm mode, fewer passes
+            d = 1.0 - torch.bmm(u, u.transpose(1, 2))  # [R, n, n]
+        elif exact and p == 2.0:  # ||a||^2 + ||b||^2 - 2 a.b: fewer passes than cdist
             sq = (x * x).sum(dim=-1)  # [R, n]
             d = torch.baddbmm(sq[:, :, None], x, x.transpose(1, 2), alpha=-2.0)
             d = d.add_(sq[:, None, :]).clamp_min_(0.0).sqrt_()
         else:
             d = torch.cdist(x, x, p=p)
-        d.diagonal(dim1=1, dim2=2).zero_()  # the mm form leaves rounding noise there
+        if exact:
+            d.diagonal(dim1=1, dim2=2).zero_()
         return d
+
+
+def nearest_self(dist: Tensor) -> Tensor:
+    """The official code's form of a distance matrix: every value negative, self nearest.
+
+    ``dist - max(dist) - 1`` with the maximum over the whole ``[R, n, n]`` tensor (a chunk of
+    rows), then 1 subtracted from the diagonal. The shift changes no choice in exact
+    arithmetic; it is kept because it changes the rounding of the summed distances.
+    """
+    d = dist - dist.max() - 1.0
+    d.diagonal(dim1=1, dim2=2).sub_(1.0)
+    return d
+
+
+def check_distance(dist: Tensor, rows: int, n: int) -> Tensor:
+    """Validate a caller-supplied distance matrix ``[R, n, n]`` (finite, non-negative)."""
+    if dist.shape != (rows, n, n):
+        raise ValueError(f"dist must have shape [R, n, n] = {[rows, n, n]} for x of {rows} sets "
+                         f"of {n} points, got {list(dist.shape)}")
+    dist = dist.detach().float()
+    if not bool(torch.isfinite(dist).all()):
+        raise ValueError("dist has NaN or inf entries; pass finite distances")
+    if bool((dist < 0).any()):
+        raise ValueError(f"dist has negative entries (min {float(dist.min()):.4g}); pass plain "
+                         "distances (>= 0): the clustering shifts them itself")
+    return dist
 
 
 def kkz_init(x: Tensor, dist: Tensor, k: int) -> Tensor:
@@ -80,12 +147,12 @@ def kkz_init(x: Tensor, dist: Tensor, k: int) -> Tensor:
     flat = dist.reshape(rows * n, n)  # row r*n + i = distances from point i of set r
     offset = torch.arange(rows, device=dist.device) * n
     seeds = torch.empty(rows, k, dtype=torch.long, device=dist.device)
-    seed = x.float().norm(dim=-1).argmax(dim=-1)  # [R]
+    seed = torch.max(x.norm(dim=-1), dim=1).indices  # [R]
     seeds[:, 0] = seed
     nearest = flat.index_select(0, seed + offset)  # [R, n] distance to the nearest seed
     for i in range(1, k):
-        nearest.scatter_(1, seed[:, None], -1.0)  # below every real distance: never re-chosen
-        seed = nearest.argmax(dim=-1)
+        nearest.scatter_(1, seed[:, None], -math.inf)  # never re-chosen (duplicate points)
+        seed = torch.max(nearest, dim=1).indices
         seeds[:, i] = seed
         torch.minimum(nearest, flat.index_select(0, seed + offset), out=nearest)
     return seeds
@@ -98,25 +165,47 @@ def assign_points(dist: Tensor, medoids: Tensor) -> Tensor:
     medoid is a duplicate point at distance 0), so no cluster is empty.
     """
     rows, k = medoids.shape
-    assign = rows_gather(dist, medoids).min(dim=1).indices  # [R, K, n] -> [R, n], first min
+    assign = torch.min(rows_gather(dist, medoids), dim=1).indices  # [R, K, n] -> [R, n]
     slots = torch.arange(k, device=dist.device).expand(rows, k)
     return assign.scatter(1, medoids, slots)
 
 
 def update_medoids(dist: Tensor, assign: Tensor, k: int) -> Tensor:
-    """Per cluster, the member with the smallest sum of distances to the other members.
+    """Per cluster, the member with the smallest sum of distances to the members (itself too).
 
-    Computed for all clusters at once: ``dist @ onehot(assign)`` gives every point's summed
-    distance to every cluster ``[R, n, K]`` (one bmm; no ``[K, n, n]`` tensor, no loop over
-    clusters). Ties go to the lowest point index. Returns ``[R, K]``.
+    Every point's summed distance to its own cluster is one masked row sum of ``dist`` (the
+    official code sums the same rows inside a ``[R, K, n, n]`` tensor; the values and their
+    summation order are the same). Ties go to the lowest point index. Returns ``[R, K]``.
     """
     rows, n = assign.shape
-    onehot = dist.new_zeros(rows, n, k).scatter_(2, assign[..., None], 1.0)  # [R, n, K]
-    cost = torch.bmm(dist, onehot).gather(2, assign[..., None]).squeeze(2)  # [R, n] own cluster
-    best = cost.new_full((rows, k), float("inf")).scatter_reduce(1, assign, cost, "amin")
+    same = assign[:, :, None] == assign[:, None, :]  # [R, n, n] same cluster
+    cost = (dist * same).sum(dim=-1)  # [R, n]
+    best = cost.new_full((rows, k), math.inf).scatter_reduce(1, assign, cost, "amin")
     point = torch.arange(n, device=dist.device).expand(rows, n)
     cand = torch.where(cost == best.gather(1, assign), point, n)  # [R, n]
     return torch.full((rows, k), n, device=dist.device).scatter_reduce(1, assign, cand, "amin")
+
+
+def _iterate(x: Tensor, dist: Tensor, k: int, iters: int, threshold: float,
+             per_row: bool) -> tuple[Tensor, int]:
+    """KKZ seeds, then assignment/update rounds until the medoids stop moving.
+
+    The movement of a row is ``sum_k ||x[new_k] - x[old_k]||``. ``per_row``: each row stops on
+    its own; otherwise all rows stop together once their mean movement is below ``threshold``
+    (the official rule for a chunk). Returns the ascending medoids ``[R, K]`` and the rounds.
+    """
+    med = kkz_init(x, dist, k)
+    active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    rounds = 0
+    while rounds < iters and bool(active.any()):
+        rounds += 1
+        new = update_medoids(dist, assign_points(dist, med), k)
+        shift = (rows_gather(x, new) - rows_gather(x, med)).square().sum(-1).sqrt().sum(-1)
+        if not per_row:
+            shift = shift.mean().expand_as(shift)
+        med = torch.where(active[:, None], new, med)  # converged rows stay frozen
+        active &= shift >= threshold
+    return med.sort(dim=-1).values, rounds
 
 
 def kmedoids(
@@ -127,68 +216,122 @@ def kmedoids(
     iters: int = 100,
     threshold: float = 1e-6,
     dist: Tensor | None = None,
+    split_size: int = SPLIT_SIZE,
+    exact: bool = False,
+    pre_norm: bool = False,
 ) -> Clusters:
     """k-medoids++ of each of ``R`` point sets ``x [R, n, C]`` into ``k`` clusters.
 
-    Alternates assignment and medoid update from the KKZ seeds. A row stops when the summed
-    movement of its medoids ``sum_k d(new_k, old_k)`` falls below ``threshold``, ``d`` being the
-    clustering distance (the official code stops the whole batch on the batch mean of the L2
-    movement, which is the same quantity for the default euclidean distance; stopping per row
-    makes a video's result independent of the other videos in its batch). Medoids are returned
-    ascending.
+    KKZ seeds, then alternating assignment (nearest medoid) and update (the member with the
+    smallest summed distance to its cluster) until the medoids stop moving; medoids are returned
+    ascending. See the module docstring for the two numerical modes.
 
     Args:
-        x: ``[R, n, C]`` points (any dtype; clustered in fp32).
+        x: ``[R, n, C]`` points (any dtype; clustered in fp32). Must be finite.
         k: clusters per row, ``1 <= k <= n``.
         distance, p: see :func:`pairwise_distance`.
         iters: maximum assignment/update rounds.
-        threshold: per-row convergence threshold on the medoid movement.
-        dist: a precomputed ``[R, n, n]`` distance matrix (computed from ``x`` if None).
+        threshold: convergence threshold on the summed medoid movement.
+        dist: a precomputed ``[R, n, n]`` matrix of plain (non-negative) distances, used instead
+            of computing them from ``x`` (``x`` still gives the KKZ seed and the movement).
+        split_size: rows clustered together (official mode): the distance shift and the stop
+            rule are shared within each chunk of ``split_size`` consecutive rows.
+        exact: exact distances, every row on its own (departs from the official results).
+        pre_norm: L2-normalise the points first (the official ``pre_norm``).
+
+    Raises:
+        ValueError: ``k`` out of range, non-finite points, an invalid ``dist``.
     """
     rows, n, _ = x.shape
     if not 1 <= k <= n:
         raise ValueError(f"k-medoids needs 1 <= k <= points per set, got k={k} with {n} points")
+    if split_size < 1:
+        raise ValueError(f"split_size must be >= 1, got {split_size}")
     with _fp32(x):
         x = x.detach().float()
-        dist = pairwise_distance(x, distance, p) if dist is None else dist.float()
-        med = kkz_init(x, dist, k)
-        active = torch.ones(rows, dtype=torch.bool, device=x.device)
-        rounds = 0
-        while rounds < iters and bool(active.any()):
-            rounds += 1
-            new = update_medoids(dist, assign_points(dist, med), k)
-            shift = _pair_distance(dist, new, med).sum(dim=-1)  # [R]
-            med = torch.where(active[:, None], new, med)  # converged rows stay frozen
-            active &= shift >= threshold
-        med = med.sort(dim=-1).values
-        return Clusters(med, assign_points(dist, med), rounds)
+        bad = (~torch.isfinite(x)).flatten(1).any(dim=1).nonzero().flatten().tolist()
+        if bad:
+            raise ValueError(f"k-medoids: point sets {bad[:10]} contain NaN or inf values")
+        if pre_norm:
+            x = x / (x.norm(dim=-1, keepdim=True) + 1e-6)
+        if dist is not None:
+            dist = check_distance(dist, rows, n)
+        if exact:
+            d = pairwise_distance(x, distance, p, exact=True) if dist is None else dist
+            med, rounds = _iterate(x, d, k, iters, threshold, per_row=True)
+            return Clusters(med, assign_points(d, med), rounds)
+        meds, assigns, rounds = [], [], 0
+        for lo in range(0, rows, split_size):  # [chunk, n, C]
+            xc = x[lo : lo + split_size]
+            d = nearest_self(pairwise_distance(xc, distance, p) if dist is None
+                             else dist[lo : lo + split_size])
+            med, r = _iterate(xc, d, k, iters, threshold, per_row=False)
+            meds.append(med)
+            assigns.append(assign_points(d, med))
+            rounds = max(rounds, r)
+        return Clusters(torch.cat(meds), torch.cat(assigns), rounds)
 
 
-def spectral_embedding(
-    x: Tensor, k: int, sigma: float = 2.0, graph: str = "heat", knn: int = 10
-) -> Tensor:
-    """Rows of the ``k`` eigenvectors of the smallest eigenvalues of ``L_sym``, L2-normalised.
+def sq_distance(x: Tensor) -> Tensor:
+    """Squared euclidean distances ``[R, n, n]`` as the official spectral code forms them:
+    ``||a||^2 + ||b||^2 - 2 a.b`` (one ``baddbmm``, not clamped: the diagonal keeps its noise)."""
+    with _fp32(x):
+        x = x.detach().float()
+        sq = x.pow(2).sum(dim=-1, keepdim=True)  # [R, n, 1]
+        return torch.baddbmm(sq.transpose(1, 2), x, x.transpose(1, 2), alpha=-2).add(sq)
 
-    ``W = exp(-||xi - xj||^2 / (2 sigma^2))`` (``graph="heat"``), optionally kept only between
-    ``knn`` nearest neighbours, symmetrised by union (``graph="knn"``);
-    ``L_sym = I - D^-1/2 W D^-1/2``. Returns ``[R, n, k]`` fp32.
+
+def affinity(sq: Tensor, sigma: float = 2.0, graph: str = "heat", knn: int = 10) -> Tensor:
+    """Heat-kernel graph ``W = exp(-sq / (2 sigma^2))`` ``[R, n, n]`` from squared distances.
+
+    ``graph="knn"`` keeps ``W`` only between each point's ``knn`` largest affinities (itself
+    included), symmetrised by union, as the official ``KNN`` graph.
     """
     if graph not in GRAPHS:
         raise ValueError(f"graph must be one of {GRAPHS}, got {graph!r}")
-    with _fp32(x):
-        x = x.detach().float()
-        sq = pairwise_distance(x, "euclidean").square_()  # [R, n, n]
-        w = torch.exp(sq / (-2.0 * sigma**2))
-        if graph == "knn":
-            kth = w.topk(min(knn, w.shape[-1]), dim=-1).values[..., -1:]  # [R, n, 1]
-            near = w >= kth
-            w = w * (near | near.transpose(1, 2))
-        d_inv = w.sum(dim=-1).rsqrt()  # [R, n]; >= 1 thanks to the unit diagonal
-        norm_w = d_inv[:, :, None] * w * d_inv[:, None, :]
-        lap = torch.eye(w.shape[-1], device=w.device) - norm_w
-        _, vec = torch.linalg.eigh(lap)  # ascending eigenvalues
-        q = vec[..., :k]  # [R, n, k]
-        return q / (q.norm(dim=-1, keepdim=True) + 1e-6)
+    w = torch.exp(-1.0 * sq / (2 * sigma**2))
+    if graph == "knn":
+        kth = torch.topk(w, min(knn, w.shape[-1]), dim=-1).values[..., -1:]  # [R, n, 1]
+        near = w >= kth
+        w = w * (near | near.transpose(1, 2))
+    return w
+
+
+def graph_stats(w: Tensor, sq: Tensor) -> GraphStats:
+    """Whether each row's graph ``w`` is empty, its largest off-diagonal affinity and the
+    smallest squared distance ``sq`` between two of its points (for a sigma suggestion)."""
+    eye = torch.eye(w.shape[-1], dtype=torch.bool, device=w.device)
+    top = w.masked_fill(eye, 0.0).amax(dim=(1, 2))
+    near = sq.masked_fill(eye, math.inf).amin(dim=(1, 2)).clamp_min(0.0)
+    return GraphStats(top == 0, top, near)
+
+
+def sigma_floor(min_sq_dist: float) -> float:
+    """The smallest sigma at which two points at ``min_sq_dist`` get a non-zero fp32 affinity."""
+    return math.sqrt(max(min_sq_dist, 0.0) / (2.0 * _FP32_EXP_ZERO))
+
+
+def spectral_embedding(w: Tensor, k: int, correct_sign: bool = True) -> Tensor:
+    """Rows of the ``k`` smallest singular vectors of ``L_sym``, L2-normalised: ``[R, n, k]``.
+
+    ``L_sym = D^-1/2 (D - W) D^-1/2`` is decomposed by an SVD as in the official code (singular
+    values descending; the last ``k`` columns are taken). ``correct_sign`` applies its sign rule
+    (Bro et al.): column ``j`` is multiplied by ``sign(sum_i sign(s_j v_ji) (s_j v_ji)^2)``,
+    which is 0 for a zero singular value: on an empty graph (``L_sym = 0``) every embedding row
+    is zero, every point ties and k-medoids returns the first ``k`` points.
+    """
+    with _fp32(w):
+        w = w.float()
+        deg = w.sum(dim=-1)  # [R, n]
+        inv = torch.pow(deg, -0.5)
+        lap = torch.diag_embed(deg) - w
+        lap = inv[:, :, None] * lap * inv[:, None, :]  # == D^-1/2 @ L @ D^-1/2, same rounding
+        u, s, vh = torch.linalg.svd(lap, full_matrices=False)
+        if correct_sign:
+            sv = s[:, :, None] * vh  # [R, n, n], row j = s_j * v_j
+            u = u * torch.sign((torch.sign(sv) * sv.square()).sum(dim=2))[:, None, :]
+        q = u[:, :, -k:]
+        return q / (q.norm(p=2, dim=-1, keepdim=True) + 1e-6)
 
 
 def spectral_kmedoids(
@@ -201,20 +344,23 @@ def spectral_kmedoids(
     p: float = 2.0,
     iters: int = 100,
     threshold: float = 1e-6,
+    split_size: int = SPLIT_SIZE,
+    correct_sign: bool = True,
+    exact: bool = False,
 ) -> Clusters:
     """Spectral clustering: k-medoids++ on the :func:`spectral_embedding` rows of ``x``.
 
     The medoid indices refer to the original points, so the caller keeps original tokens.
+    ``Clusters.graph`` says which rows had an empty graph (see :class:`GraphStats`).
     """
-    q = spectral_embedding(x, k, sigma=sigma, graph=graph, knn=knn)
-    return kmedoids(q, k, distance=distance, p=p, iters=iters, threshold=threshold)
-
-
-def _pair_distance(dist: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """``dist[r, a[r, j], b[r, j]]`` for index pairs ``a, b [R, K]`` -> ``[R, K]``."""
-    rows, n = dist.shape[:2]
-    base = torch.arange(rows, device=dist.device)[:, None] * (n * n)
-    return dist.reshape(-1)[base + a * n + b]
+    sq = sq_distance(x)
+    with _fp32(x):
+        w = affinity(sq, sigma=sigma, graph=graph, knn=knn)
+        q = spectral_embedding(w, k, correct_sign=correct_sign)
+        stats = graph_stats(w, sq)
+    res = kmedoids(q, k, distance=distance, p=p, iters=iters, threshold=threshold,
+                   split_size=split_size, exact=exact)
+    return res._replace(graph=stats)
 
 
 def rows_gather(x: Tensor, idx: Tensor) -> Tensor:
