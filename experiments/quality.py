@@ -59,10 +59,18 @@ def _train_config(settings: dict, recipe: dict, root: Path, out: Path, **kw):
 
 
 def base_checkpoint(key: dict, ctx) -> Path:
-    """The base model: pretrained weights as given, or trained once on the data (cached)."""
+    """The base model: pretrained weights as given, or trained once on the data (cached).
+
+    A QuickGELU base (the OpenAI architectures) is cached under a key naming its activation,
+    apart from GELU bases trained before the activation was decided per architecture.
+    """
+    from tokred.models import activation_for
+
     if key.get("weights"):
         return Path(key["weights"])
     root = data_dir(key["data"], ctx)
+    act = activation_for(key["model"], quick_gelu=(key.get("base") or {}).get("quick_gelu"))
+    cache_key = key if act == "gelu" else {**key, "activation": act}
 
     def build(tmp: Path) -> dict:
         from tokred.train import train
@@ -70,7 +78,7 @@ def base_checkpoint(key: dict, ctx) -> Path:
         stats = train(_train_config(key, key.get("base") or {}, root, tmp, reducer="none"))
         return {k: v for k, v in stats.items() if k not in ("checkpoint", "last")}
 
-    return cached_step(ctx.cache, "base", key, build) / "model.pt"
+    return cached_step(ctx.cache, "base", cache_key, build) / "model.pt"
 
 
 def base_stats(step_dir: Path) -> dict:

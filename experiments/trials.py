@@ -65,7 +65,11 @@ def run_trial(trial: Trial, ctx: Context) -> dict:
 
 
 def _backbone(name: str, weights: str, ctx: Context):
-    """The visual adapter of ``name`` (built once per sweep process; random init, seed 0)."""
+    """The visual adapter of ``name`` (built once per sweep process; random init, seed 0).
+
+    Its activation is the one ``weights`` need (:func:`tokred.models.activation_for`): the
+    papers' OpenAI architectures are QuickGELU even with random weights.
+    """
     from tokred.backbone import OpenCLIPVisual
     from tokred.models import create_clip
 
@@ -88,8 +92,18 @@ def cost_trial(s: dict, ctx: Context) -> dict:
     rec = measure(s["backbone"], s["reducer"], s["options"], s["frames"],
                   batch_sizes=s["batch_sizes"], repeats=s["repeats"], warmup=s["warmup"],
                   device=ctx.device, fvcore=s.get("fvcore", True), activation=s["memory"],
+                  quick_gelu=cost_activation(s) == "quick_gelu",
                   **({"clock": s["clock"]} if "clock" in s else {}))
     return normalise_measure(rec)
+
+
+def cost_activation(s: dict) -> str:
+    """The MLP activation of a cost trial's network: the one its ``weights`` need (random:
+    the architecture's published one, QuickGELU for OpenAI's ViT-B-32 / ViT-B-16)."""
+    from tokred.models import activation_for
+
+    weights = s.get("weights", "random")
+    return activation_for(s["backbone"], None if weights in (None, "random") else weights)
 
 
 def _cost_direct(s: dict, ctx: Context) -> dict:
@@ -97,6 +111,7 @@ def _cost_direct(s: dict, ctx: Context) -> dict:
     from tokred.cost.analytic import gmacs
     from tokred.cost.throughput import time_calls
     from tokred.encoder import VideoEncoder
+    from tokred.models import activation_of
 
     backbone = _backbone(s["backbone"], s["weights"], ctx)
     reducer = create_reducer(s["reducer"], **s["options"])
@@ -109,7 +124,7 @@ def _cost_direct(s: dict, ctx: Context) -> dict:
         "tokens_out": trace.tokens_out, "attn_tokens": trace.attn_tokens(),
         "mlp_tokens": trace.mlp_tokens(), "trace": trace.to_dict(),
         "trainable_params": sum(p.numel() for p in reducer.parameters() if p.requires_grad),
-        "throughput": {},
+        "activation": activation_of(backbone.visual), "throughput": {},
     }
     size = enc.spec.image_size
     gen = torch.Generator().manual_seed(0)

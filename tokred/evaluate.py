@@ -29,26 +29,69 @@ def load_model(
     reducer_options: dict | None = None,
     frames: int | None = None,
     device: str = "cpu",
+    *,
+    model_name: str | None = None,
+    quick_gelu: bool | None = None,
+    max_words: int | None = None,
 ) -> RetrievalModel:
-    """A :class:`RetrievalModel` from a tokred ``model.pt``, optionally with another reducer.
+    """A :class:`RetrievalModel` from a checkpoint file, optionally with another reducer.
 
-    The CLIP weights always load; the checkpoint's reducer state loads only when ``reducer`` is
-    None or names the reducer it was trained with (training-free evaluation otherwise).
+    ``path`` is a tokred ``model.pt`` (``meta`` names the model, reducer and activation) or a
+    CLIP checkpoint for zero-shot evaluation: an OpenAI state dict or TorchScript archive, or a
+    CLIP4Clip-family ``pytorch_model.bin.N`` (``clip.`` keys, possibly under ``module.`` /
+    ``state_dict``). The CLIP weights always load; a tokred checkpoint's reducer state loads
+    only when ``reducer`` is None or names the reducer it was trained with (training-free
+    evaluation otherwise).
+
+    Args:
+        path: the checkpoint file.
+        reducer / reducer_options: evaluate with this reducer (CLIP files: default ``none``).
+        frames: frames per video (default: the checkpoint's, 12 for CLIP files).
+        device: torch device string.
+        model_name: CLIP architecture of a file without meta (inferred from the weights' shapes
+            when None and possible: ViT-B-32, ViT-B-16, ViT-L-14, the scale models).
+        quick_gelu: override the activation (default: the checkpoint's meta; QuickGELU for
+            CLIP files, which are all OpenAI-family).
+        max_words: caption length (default: the checkpoint's; 32 as CLIP4Clip for CLIP files).
+
+    Raises:
+        ValueError: a CLIP file whose architecture is neither given nor inferable, or
+            ``model_name`` contradicting a tokred checkpoint's meta.
     """
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    from .checkpoint import extract_clip_state_dict, load_clip_state_dict, read_checkpoint
+    from .models import infer_clip_name, meta_activation, weights_activation
+
+    ck = read_checkpoint(path)
     meta = ck.get("meta") if isinstance(ck, dict) else None
     if not meta:
-        raise ValueError(
-            f"{path} is not a tokred model.pt (no 'meta'); for CLIP4Clip-family "
-            f"checkpoints build_model(name, pretrained={str(path)!r}) instead"
-        )
+        sd = extract_clip_state_dict(ck)
+        name = model_name or infer_clip_name(sd)
+        if name is None:
+            raise ValueError(
+                f"{path} is a CLIP checkpoint without tokred meta and its weights fit no known "
+                f"architecture; name it with --model NAME (load_model(model_name=...)), e.g. "
+                f"ViT-B-32 or ViT-B-16"
+            )
+        act = (weights_activation(ck, str(path)) if quick_gelu is None
+               else "quick_gelu" if quick_gelu else "gelu")
+        model = build_model(name, reducer or "none", reducer_options, frames or 12,
+                            max_words=max_words or 32, quick_gelu=act == "quick_gelu")
+        load_clip_state_dict(model.clip, sd, str(path))
+        log.info("%s: CLIP checkpoint loaded as %s (%s), zero-shot", path, name, act)
+        return model.to(device).eval()
+    if model_name is not None and model_name != meta["model"]:
+        raise ValueError(f"{path} holds a {meta['model']} model, not {model_name!r}; drop "
+                         f"--model (a tokred checkpoint names its model)")
+    act = (meta_activation(meta, str(path)) if quick_gelu is None
+           else "quick_gelu" if quick_gelu else "gelu")
     same = reducer is None or reducer == meta["reducer"]
     model = build_model(
         meta["model"],
         reducer or meta["reducer"],
         meta["reducer_options"] if reducer is None else reducer_options,
         frames or meta["frames"],
-        max_words=meta["max_words"],
+        max_words=max_words or meta["max_words"],
+        quick_gelu=act == "quick_gelu",
     )
     model.clip.load_state_dict(ck["model"])
     if same and ck.get("reducer"):
@@ -222,9 +265,17 @@ def format_metrics(res: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``tokred eval``: evaluate a tokred checkpoint on a dataset split."""
+    """``tokred eval``: evaluate a tokred checkpoint, or a CLIP checkpoint zero-shot, on a split."""
     ap = argparse.ArgumentParser(prog="tokred eval", description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", required=True, help="tokred model.pt (from tokred train)")
+    ap.add_argument("--checkpoint", required=True,
+                    help="tokred model.pt (from tokred train), or a CLIP checkpoint for "
+                    "zero-shot: OpenAI state dict / TorchScript .pt, CLIP4Clip pytorch_model.bin.N")
+    ap.add_argument("--model", default=None,
+                    help="CLIP architecture of a checkpoint without tokred meta (e.g. ViT-B-32; "
+                    "inferred from the weights when possible)")
+    ap.add_argument("--quick-gelu", action=argparse.BooleanOptionalAction, default=None,
+                    help="override the MLP activation (default: the checkpoint's; QuickGELU "
+                    "for CLIP files)")
     ap.add_argument("--data", default="msrvtt", help="dataset kind (tokred.data.READERS)")
     ap.add_argument("--root", required=True, help="annotation directory")
     ap.add_argument("--split", default="test")
@@ -240,11 +291,11 @@ def main(argv: list[str] | None = None) -> int:
 
     split = load_split(a.data, a.root, a.split, a.video_root)
     meta = load_meta(a.root) if (Path(a.root) / "synth_meta.json").is_file() else None
+    model = load_model(a.checkpoint, a.reducer, a.reducer_options, a.frames,
+                       model_name=a.model, quick_gelu=a.quick_gelu)
     res = evaluate(
-        a.checkpoint,
+        model,
         split,
-        reducer=a.reducer,
-        reducer_options=a.reducer_options,
         frames=a.frames,
         batch_size=a.batch_size,
         precision=a.precision,

@@ -162,15 +162,20 @@ def build_model(
     frames: int = 12,
     pretrained: str | None = None,
     max_words: int = 32,
+    quick_gelu: bool | None = None,
     **clip_kw,
 ) -> RetrievalModel:
-    """A :class:`RetrievalModel` from a CLIP name and a registered reducer name + options."""
+    """A :class:`RetrievalModel` from a CLIP name and a registered reducer name + options.
+
+    ``quick_gelu``: the MLP activation (None: :func:`tokred.models.activation_for` decides from
+    the name and ``pretrained``); ``clip_kw`` go to :func:`tokred.models.create_clip`.
+    """
     from .models import create_clip
     from .registry import create_reducer
 
     if isinstance(reducer, str):
         reducer = create_reducer(reducer, **(reducer_options or {}))
-    clip = create_clip(model_name, pretrained, **clip_kw)
+    clip = create_clip(model_name, pretrained, quick_gelu=quick_gelu, **clip_kw)
     return RetrievalModel(clip, reducer, frames, max_words, name=model_name)
 
 

@@ -61,6 +61,9 @@ class TrainConfig:
         model / pretrained / init: CLIP name, open_clip tag or file, and an optional checkpoint
             to start from (CLIP4Clip layouts or a tokred ``model.pt``; its reducer state is
             loaded when it was trained with the same reducer).
+        quick_gelu: the MLP activation, QuickGELU (True) or GELU (False); None lets
+            :func:`tokred.models.activation_for` decide from ``model``/``pretrained``/``init``
+            (QuickGELU for OpenAI-family weights). Recorded in the checkpoints' ``meta``.
         reducer / reducer_options: registered reducer name and its keyword options.
         mode: ``full``, ``lora`` or ``scratch`` (see module doc); lr/betas default per mode.
         frames / train_frames: frames the reducer is set up for, and frames sampled per training
@@ -94,6 +97,7 @@ class TrainConfig:
     model: str = "scale-B32"
     pretrained: str | None = None
     init: str | None = None
+    quick_gelu: bool | None = None
     reducer: str = "none"
     reducer_options: dict = field(default_factory=dict)
     mode: str = "full"
@@ -149,10 +153,18 @@ class TrainConfig:
             self.freeze_logit_scale = self.mode == "lora"
 
 
-def build_for_training(cfg: TrainConfig, device: str) -> RetrievalModel:
-    """Model for ``cfg``: built, initialised from ``cfg.init``, trainable set per ``cfg.mode``."""
+def build_for_training(
+    cfg: TrainConfig, device: str, activation: str | None = None
+) -> RetrievalModel:
+    """Model for ``cfg``: built, initialised from ``cfg.init``, trainable set per ``cfg.mode``.
+
+    ``activation`` (``quick_gelu``/``gelu``) overrides the config's (a resumed run keeps the one
+    its ``last.pt`` was trained with); by default :func:`training_activation` decides.
+    """
+    activation = activation or training_activation(cfg)
     model = build_model(
-        cfg.model, cfg.reducer, cfg.reducer_options, cfg.frames, cfg.pretrained, cfg.max_words
+        cfg.model, cfg.reducer, cfg.reducer_options, cfg.frames, cfg.pretrained, cfg.max_words,
+        quick_gelu=activation == "quick_gelu",
     )
     if cfg.init:
         load_init(model, cfg.init, cfg.reducer)
@@ -169,13 +181,22 @@ def build_for_training(cfg: TrainConfig, device: str) -> RetrievalModel:
     return model.to(device)
 
 
+def training_activation(cfg: TrainConfig) -> str:
+    """``quick_gelu`` or ``gelu`` for the run's model: ``cfg.quick_gelu`` if set, else what
+    :func:`tokred.models.activation_for` says for ``cfg.model``, ``cfg.pretrained`` and
+    ``cfg.init`` (an OpenAI / CLIP4Clip file means QuickGELU, a tokred checkpoint its meta's)."""
+    from .models import activation_for
+
+    return activation_for(cfg.model, cfg.pretrained, cfg.init, quick_gelu=cfg.quick_gelu)
+
+
 def load_init(model: RetrievalModel, path: str, reducer: str) -> None:
     """CLIP weights from ``path`` (any layout ``load_clip_weights`` reads) + matching reducer state."""
-    from .checkpoint import load_clip_weights
+    from .checkpoint import extract_clip_state_dict, load_clip_state_dict, read_checkpoint
 
-    obj = torch.load(path, map_location="cpu", weights_only=False)
+    obj = read_checkpoint(path)
     if not (isinstance(obj, dict) and "meta" in obj):  # not a tokred model.pt
-        load_clip_weights(model.clip, path)
+        load_clip_state_dict(model.clip, extract_clip_state_dict(obj), path)
         return
     model.clip.load_state_dict(obj["model"])
     if obj.get("reducer") and obj["meta"].get("reducer") == reducer:
@@ -422,7 +443,8 @@ def train(cfg: TrainConfig, split=None, clips: torch.Tensor | None = None) -> di
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    model = build_for_training(cfg, info.device)
+    last = _last_state(cfg, out)  # read first: a resumed run keeps the activation it trained with
+    model = build_for_training(cfg, info.device, _resume_activation(cfg, last, out))
     ds = make_dataset(cfg, model.video.backbone.spec.image_size, split, clips)
     if isinstance(ds, _Memo) and (cfg.skip_errors or cfg.max_steps is None
                                   or cfg.max_steps * cfg.batch_size >= len(ds)):
@@ -435,7 +457,8 @@ def train(cfg: TrainConfig, split=None, clips: torch.Tensor | None = None) -> di
     scheduler = make_scheduler(optimizer, total, cfg.warmup, budget)
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
     run = _Run(cfg, info, model, model, optimizer, scheduler, scaler, out)
-    step = _maybe_resume(run)  # before DDP wraps the model, as DDP broadcasts rank 0's weights
+    step = _maybe_resume(run, last)  # before DDP wraps the model: DDP broadcasts rank 0's weights
+    del last  # copied into model and optimizer; not held for the whole run
     run.ddp = _wrap(model, info)
     stats = _loop(run, ds, local, steps_per_epoch, total, step)
     if info.is_main:
@@ -474,17 +497,44 @@ class _Run:
     out: Path
 
 
-def _maybe_resume(run: _Run) -> int:
-    cfg, model, optimizer, scheduler, scaler = (
-        run.cfg, run.model, run.optimizer, run.scheduler, run.scaler
-    )
-    last = run.out / "last.pt"
+def _last_state(cfg: TrainConfig, out: Path) -> dict | None:
+    """``last.pt`` of the run in ``out`` when resuming (None: not resuming, or none yet)."""
+    last = out / "last.pt"
     if not cfg.resume:
-        return 0
+        return None
     if not last.is_file():
         log.warning("--resume: no %s yet; starting from step 0", last)
+        return None
+    return load_checkpoint(last)
+
+
+def _resume_activation(cfg: TrainConfig, ck: dict | None, out: Path) -> str | None:
+    """The activation ``last.pt`` was trained with (None: not resuming).
+
+    Raises:
+        ValueError: ``cfg.quick_gelu`` asks for the other one.
+    """
+    if ck is None:
+        return None
+    from .models import meta_activation
+
+    meta = dict(ck.get("meta") or {})
+    meta.setdefault("pretrained", (ck.get("config") or {}).get("pretrained"))
+    act = meta_activation(meta, str(out / "last.pt"))
+    if cfg.quick_gelu is not None and (act == "quick_gelu") != cfg.quick_gelu:
+        raise ValueError(f"{out / 'last.pt'} was trained with {act}; resume it without "
+                         f"quick_gelu={cfg.quick_gelu} or start a new run directory")
+    if act != training_activation(cfg):
+        log.warning("resuming with %s, the activation %s was trained with", act, out / "last.pt")
+    return act
+
+
+def _maybe_resume(run: _Run, ck: dict | None) -> int:
+    """Restore model, optimizer, scheduler, scaler and RNG state from ``last.pt`` (``ck``)."""
+    model, optimizer, scheduler, scaler = run.model, run.optimizer, run.scheduler, run.scaler
+    last = run.out / "last.pt"
+    if ck is None:
         return 0
-    ck = load_checkpoint(last)
     model.load_model_state(ck)
     optimizer.load_state_dict(ck["optimizer"])
     scheduler.load_state_dict(ck["scheduler"])
@@ -579,9 +629,13 @@ def _progress(info: D.DistInfo, total: int, step: int):
     return tqdm(total=total, initial=step, desc="train", unit="step", dynamic_ncols=True)
 
 
-def _meta(cfg: TrainConfig) -> dict:
+def _meta(cfg: TrainConfig, model: RetrievalModel) -> dict:
+    """What rebuilding the model needs; ``activation`` is read off the built network."""
+    from .models import activation_of
+
     return {
         "model": cfg.model,
+        "activation": activation_of(model.clip),
         "reducer": cfg.reducer,
         "reducer_options": cfg.reducer_options,
         "frames": cfg.frames,
@@ -609,7 +663,7 @@ def _save_last(run: _Run, step: int) -> None:
         scaler=run.scaler.state_dict() if run.scaler else None,
         step=step,
         rng=rng_state(),
-        meta=_meta(run.cfg),
+        meta=_meta(run.cfg, run.model),
         config=asdict(run.cfg),
     )
     save_checkpoint(state, run.out / "last.pt")
@@ -626,7 +680,7 @@ def _save_final(model: RetrievalModel, cfg: TrainConfig, out: Path, stats: dict)
         clip = copy.deepcopy(model.clip)
         fold_lora(clip)
         state["model"] = clip.state_dict()
-    meta = dict(_meta(cfg), lora_rank=None, steps=stats["steps"])
+    meta = dict(_meta(cfg, model), lora_rank=None, steps=stats["steps"])
     return save_checkpoint({**state, "meta": meta}, out / "model.pt")
 
 

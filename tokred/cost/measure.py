@@ -102,20 +102,26 @@ def build(
     lora: bool = False,
     device: str = "cpu",
     seed: int = 0,
+    quick_gelu: bool | None = None,
 ) -> Built:
     """A random-weight encoder: ``model`` is an open_clip name, ``scale-B32`` or ``timm:NAME``.
 
     With ``lora=True`` rank-8 adapters go on the qkv of both CLIP towers (TempMe's recipe) and
-    only they and the reducer's parameters are trainable.
+    only they and the reducer's parameters are trainable. ``quick_gelu``: the CLIP's MLP
+    activation; None: :func:`tokred.models.activation_for` decides (QuickGELU for the papers'
+    OpenAI architectures even with random weights: it keeps one more tensor for backward).
 
     Raises:
         LoRAUnavailable: ``lora=True`` on a timm model or without :mod:`tokred.lora`.
+        ValueError: ``quick_gelu=True`` for a timm model (timm's ViTs are GELU).
     """
     torch.manual_seed(seed)
     red = create_reducer(reducer, **(options or {}))
     if model.startswith(TIMM_PREFIX):
         if lora:
             raise LoRAUnavailable("LoRA is implemented for open_clip towers only, not timm")
+        if quick_gelu:
+            raise ValueError(f"quick_gelu=True is for open_clip CLIPs, not {model}")
         import timm
 
         from ..backbone_timm import TimmViT
@@ -126,7 +132,7 @@ def build(
         from ..backbone import OpenCLIPVisual
         from ..models import create_clip
 
-        host = create_clip(model, device=device)
+        host = create_clip(model, device=device, quick_gelu=quick_gelu)
         backbone = OpenCLIPVisual(host.visual, model)
     enc = VideoEncoder(backbone, red, frames).to(device)
     trainable = sum(p.numel() for p in host.parameters()) + sum(p.numel() for p in red.parameters())
@@ -220,6 +226,7 @@ def activation_record(
     precision: str,
     device: str,
     built: Built,
+    quick_gelu: bool | None = None,
 ) -> dict:
     out = {}
     for mode in ("full", "lora"):
@@ -227,7 +234,8 @@ def activation_record(
             b = (
                 built
                 if mode == "full"
-                else build(model, reducer, options, frames, lora=True, device=device)
+                else build(model, reducer, options, frames, lora=True, device=device,
+                           quick_gelu=quick_gelu)
             )
         except LoRAUnavailable as err:
             out[f"activation_mb_per_video_{mode}"] = None
@@ -260,9 +268,10 @@ def rss_job(
     phase: str,
     mode: str,
     precision: str,
+    quick_gelu: bool | None = None,
 ) -> Callable[[], object]:
     """Build what a memory subprocess measures; returns the phase to run (see memory.py)."""
-    b = build(model, reducer, options, frames, lora=mode == "lora")
+    b = build(model, reducer, options, frames, lora=mode == "lora", quick_gelu=quick_gelu)
     enc = b.encoder
     video = fixed_video(batch, frames, enc.backbone.spec.image_size)
     if phase == "infer":
@@ -278,7 +287,8 @@ def rss_job(
 
 
 def rss_record(
-    model: str, reducer: str, options: dict | None, frames: int, batch: int, precision: str
+    model: str, reducer: str, options: dict | None, frames: int, batch: int, precision: str,
+    quick_gelu: bool | None = None,
 ) -> dict:
     out = {"rss_batch": batch}
     for mode in ("full", "lora"):
@@ -295,6 +305,7 @@ def rss_record(
                 phase=phase,
                 mode=mode,
                 precision=precision,
+                quick_gelu=quick_gelu,
                 threads=torch.get_num_threads(),
             )
             res = peak_rss_mb(job)
@@ -343,22 +354,27 @@ def measure(
     text_tokens: int = 32,
     speed: bool = True,
     clock: str = "wall",
+    quick_gelu: bool | None = None,
 ) -> dict:
     """One cost record for ``model_name`` with reducer ``reducer_name(**options)``.
 
     Analytic MACs are always computed (milliseconds); fvcore (a few seconds), activation memory
     (two training forwards per mode), peak RSS (four subprocesses), throughput and training step
     time are each optional. Every GMACs value is per video (per caption for text); FLOPs = 2 x.
-    ``clock="cpu"`` times with the process CPU time (see :data:`CLOCKS`).
+    ``clock="cpu"`` times with the process CPU time (see :data:`CLOCKS`). ``quick_gelu``: see
+    :func:`build`; the record's ``activation`` says which one the measured network used.
     """
+    from ..models import activation_of
+
     tick = clock_fn(clock, device)
-    built = build(model_name, reducer_name, options, frames, device=device)
+    built = build(model_name, reducer_name, options, frames, device=device, quick_gelu=quick_gelu)
     rec = {
         "model": model_name,
         "reducer": reducer_name,
         "options": options or {},
         "frames": frames,
         "precision": precision,
+        "activation": activation_of(built.host),
         "spec": {k: v for k, v in vars(built.encoder.backbone.spec).items()},
     }
     rec.update(analytic_record(built, frames, text_tokens))
@@ -372,12 +388,14 @@ def measure(
         _put_speed(rec, t)
     if activation:
         rec.update(
-            activation_record(model_name, reducer_name, options, frames, precision, device, built)
+            activation_record(model_name, reducer_name, options, frames, precision, device, built,
+                              quick_gelu)
         )
     if rss and torch.device(device).type == "cuda":
         rec.update(cuda_record(built, frames, train_batch, precision, device))
     elif rss:
-        rec.update(rss_record(model_name, reducer_name, options, frames, train_batch, precision))
+        rec.update(rss_record(model_name, reducer_name, options, frames, train_batch, precision,
+                              quick_gelu))
     if train_step:
         t = train_step_time(
             built.encoder,
@@ -475,6 +493,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="wall time, or process CPU time (with --threads 1 on a shared CPU)")
     p.add_argument("--train-step", action="store_true", help="also time a training step")
     p.add_argument("--train-batch", type=int, default=2)
+    p.add_argument("--quick-gelu", action=argparse.BooleanOptionalAction, default=None,
+                   help="force the CLIP activation (default: QuickGELU for OpenAI architectures "
+                   "such as ViT-B-32/B-16, GELU for the scale models)")
     p.add_argument("--out", help="append one JSON line per record to this file")
     p.add_argument("--rounds", type=int, default=1,
                    help="> 1: time all reducers of a model in interleaved rounds (shared CPU)")
@@ -506,7 +527,8 @@ def _measure_model(model: str, a: argparse.Namespace) -> list[dict]:
                           device=a.device, fvcore=not a.skip_fvcore,
                           activation=not a.skip_memory, rss=a.rss, train_step=a.train_step,
                           train_batch=a.train_batch,
-                          speed=not interleave and not a.skip_speed, clock=a.clock)
+                          speed=not interleave and not a.skip_speed, clock=a.clock,
+                          quick_gelu=a.quick_gelu)
         except (ImportError, ValueError, TypeError, KeyError) as err:
             print(f"skipped {model} {name} {opts}: {err}")
             continue
@@ -515,7 +537,8 @@ def _measure_model(model: str, a: argparse.Namespace) -> list[dict]:
         if not interleave:
             _append(a.out, [rec])  # written at once: a killed run keeps what it measured
     if interleave and records:
-        encoders = {i: build(model, r["reducer"], r["options"], frames, device=a.device).encoder
+        encoders = {i: build(model, r["reducer"], r["options"], frames, device=a.device,
+                             quick_gelu=a.quick_gelu).encoder
                     for i, r in enumerate(records)}
         timings = interleaved_throughput(encoders, frames, a.batch_sizes, a.rounds, a.warmup,
                                          a.repeats, a.device, a.precision,
