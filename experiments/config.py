@@ -26,7 +26,13 @@ from .schema import (
     TOP_KEYS,
 )
 from .schema import check_keys as _check_keys
-from .validate import check_data_paths, check_recipe, check_reducer
+from .validate import (
+    check_data_files,
+    check_data_paths,
+    check_precision,
+    check_recipe,
+    check_reducer,
+)
 from .yamlconf import ConfigError, Located, expand_env, load_yaml
 
 __all__ = ["ConfigError", "SweepConfig", "Trial", "load_config", "load_yaml"]
@@ -160,7 +166,7 @@ def _recipe_keys() -> dict[str, str]:
         return RECIPE_KEYS
 
 
-def _quality_trials(loc: Located) -> list[Trial]:
+def _quality_trials(loc: Located, preflight: bool = True) -> list[Trial]:
     sec = _section(loc, "quality", QUALITY_KEYS)
     if sec is None:
         return []
@@ -170,13 +176,16 @@ def _quality_trials(loc: Located) -> list[Trial]:
         if part in sec:
             _check_keys(loc, ("quality", part), sec[part] or {}, _recipe_keys(),
                         f"'quality.{part}' recipe", ConfigError)
-    check_data_paths(loc, sec, ConfigError)
+    check_data_paths(loc, sec, ConfigError, files=preflight)
     modes = _modes(loc, ("quality", "modes"), sec.get("modes", list(MODES)))
     model, frames = sec.get("model", "scale-B32"), int(sec.get("frames", 12))
     if not sec.get("weights"):
         check_recipe(sec.get("base") or {}, "none", {}, model, frames,
                      loc.where("quality", "base") if "base" in sec else loc.where("quality"),
                      ConfigError)
+        if preflight:
+            check_precision(sec.get("base") or {}, _recipe_line(loc, ("quality", "base"), ()),
+                            ConfigError)
     common = {
         "model": model, "weights": sec.get("weights"), "frames": frames,
         "data": data, "base": sec.get("base") or {}, "split": sec.get("split", "test"),
@@ -191,10 +200,31 @@ def _quality_trials(loc: Located) -> list[Trial]:
         for mode in _modes(loc, (), entry["modes"], line) if "modes" in entry else modes:
             if mode == "finetuned":
                 check_recipe(recipe, name, options, model, frames, line, ConfigError)
+                if preflight:
+                    check_precision(recipe, _recipe_line(loc, ("quality", "finetune"),
+                                                         _entry_at(sec, entry), own), ConfigError)
             extra = {"finetune": recipe} if mode == "finetuned" else {}
             trials.append(make_trial("quality", {**common, **extra, "mode": mode,
                                                  "reducer": name, "options": options}))
+    if preflight:  # this machine and these files: the datasets are opened before any trial
+        trains = not sec.get("weights") or any(t.settings["mode"] == "finetuned" for t in trials)
+        check_data_files(loc, sec, [common["split"]] + (["train"] if trains else []),
+                         ConfigError)
     return trials
+
+
+def _entry_at(sec: dict, entry: dict) -> tuple:
+    """Config path of a reducer entry of the quality section (found by identity)."""
+    i = next((i for i, e in enumerate(sec["reducers"]) if e is entry), None)
+    return () if i is None else ("quality", "reducers", i, "finetune")
+
+
+def _recipe_line(loc: Located, section: tuple, entry: tuple, own: dict | None = None) -> str:
+    """file:line of the ``precision`` / ``device`` a recipe takes (the entry's own or the
+    section's), else of the recipe itself."""
+    if entry and own and ("precision" in own or "device" in own):
+        return loc.where(*entry, "precision" if "precision" in own else "device")
+    return loc.where(*section, "precision")
 
 
 def _provenance_trials(loc: Located, cost_only: bool) -> list[Trial]:
@@ -233,8 +263,15 @@ def make_trial(kind: str, settings: dict) -> Trial:
     return Trial(trial_id(settings), kind, settings)
 
 
-def load_config(path: str | Path, cost_only: bool = False) -> SweepConfig:
-    """Load, validate and expand ``path``; raises :class:`ConfigError` on any problem."""
+def load_config(path: str | Path, cost_only: bool = False, preflight: bool = True) -> SweepConfig:
+    """Load, validate and expand ``path``; raises :class:`ConfigError` on any problem.
+
+    ``preflight``: also check what depends on this machine and the files on it, before any
+    trial: the weights file exists, every training recipe's precision can run on the device it
+    trains on (fp16 needs CUDA), and every quality dataset's split files read and videos are
+    present. The report turns it off: it only needs the trials, perhaps on another machine
+    than the one that ran them.
+    """
     loc = load_yaml(path)
     if not isinstance(loc.data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping with cost:/quality: sections")
@@ -242,7 +279,7 @@ def load_config(path: str | Path, cost_only: bool = False) -> SweepConfig:
     _check_keys(loc, (), loc.data, TOP_KEYS, "top level", ConfigError)
     trials = _cost_trials(loc)
     if not cost_only:
-        trials += _quality_trials(loc)
+        trials += _quality_trials(loc, preflight)
     trials += _provenance_trials(loc, cost_only)
     if not trials:
         raise ConfigError(f"{path}: no trials; add a cost: or quality: section with reducers")

@@ -128,9 +128,14 @@ def quality_trial(s: dict, ctx) -> dict:
     split, meta, videos = _split(s, root, ctx, model.video.backbone.spec.image_size)
     res = evaluate(model, split, videos=videos, synth_meta=meta, frames=s["frames"],
                    batch_size=int((s.get("finetune") or s["base"]).get("eval_batch_size", 64)))
+    from .facts import reducer_diagnostics, training_facts, weights_facts
+
+    res.update(reducer_diagnostics(model.reducer))  # before encoder_cost's extra forwards
     res.update(extra)
     if not s.get("weights"):
         res["base_train"] = base_stats(base.parent)
+    res.update(weights_facts(s.get("weights")))
+    res.update(training_facts(s, res, root))
     res.update(encoder_cost(model.video, videos))
     res.setdefault("trainable_params", 0)
     return res

@@ -17,7 +17,20 @@ from pathlib import Path
 import pandas as pd
 
 from .records import load_results, result_files
-from .tables import RANK_COLS, cost_frame, load_published, published_for, quality_frame, to_markdown
+from .tables import (
+    PROTOCOL,
+    RANK_COLS,
+    cost_frame,
+    is_spectral,
+    load_published,
+    published_for,
+    quality_frame,
+    spectral_note,
+    test_text,
+    to_markdown,
+    training_text,
+    weights_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +74,20 @@ def cost_section(df: pd.DataFrame, pubs: list[dict]) -> tuple[list[str], pd.Data
     for (bb, frames), g in df.groupby(["backbone", "frames"], sort=True):
         lines += [f"### {bb}, {frames} frames, random weights", "",
                   to_markdown(g[COST_COLS + ["paper memory %", "paper speed-up"]]), ""]
+        lines += spectral_lines(g, "counted on one random video through this random-weight "
+                                   "backbone")
     return lines, df
+
+
+def spectral_lines(g: pd.DataFrame, counted: str) -> list[str]:
+    """A note for every CenterCLIP spectral row: how many segments had an empty graph."""
+    rows = [r for _, r in g.iterrows()
+            if is_spectral(r["reducer"], r["options"]) or pd.notna(r.get("spectral segments"))]
+    if not rows:
+        return []
+    return [f"Spectral affinity graphs ({counted}; an empty graph is one where every "
+            "off-diagonal affinity underflows to 0, e.g. with the paper's sigma on ViT tokens):",
+            "", *[f"- {r['setting']}: {spectral_note(r)}" for r in rows], ""]
 
 
 def quality_section(df: pd.DataFrame, pubs: list[dict]) -> list[str]:
@@ -70,23 +96,67 @@ def quality_section(df: pd.DataFrame, pubs: list[dict]) -> list[str]:
         return lines + ["(no finished quality trials)", ""]
     for (model, mode, data), g in df.groupby(["model", "mode", "data"], sort=False):
         tag = "SYNTHETIC benchmark, scale model" if data == "synth" else data
-        lines += [f"### {tag}: {model}, {mode.replace('_', '-')}", ""]
+        lines += [f"### {tag}: {model}, {mode.replace('_', '-')}", "", run_line(g), ""]
         if data == "synth":
             lines += ["**SYNTHETIC**: every number in this table comes from the shipped synthetic "
                       "benchmark with a small CLIP trained from scratch; it checks the pipeline "
                       "and relative behaviour, it is not comparable to MSR-VTT.", ""]
+        lines += weights_warning(g)
         table = g[QUALITY_COLS].copy()
         table["data"] = table["data"].map(lambda d: "SYNTHETIC" if d == "synth" else d)
+        if data != "synth":
+            table["protocol"] = g["protocol"]
         table = _with_published(table, g, pubs, data, mode)
         lines += [to_markdown(table), "",
                   "Columns follow CenterCLIP Table 3 (MeM, Speed, t2v/v2t R@1/5/10, MdR, MnR) "
                   "extended with R-Sum (t2v+v2t R@1+5+10), GMACs (visual, per video), tokens out "
-                  "and trainable parameters. " + ("" if data == "synth" else
-                                                  "Rows 'published:' are the papers' numbers "
-                                                  "(V100 GB and ms) for the same setting."), ""]
+                  "and trainable parameters." + ("" if data == "synth" else
+                                                 " Rows 'published:' are the papers' numbers "
+                                                 "(V100 GB and ms) for the same setting. "
+                                                 + PROTOCOL_NOTE.get(data, "")), ""]
+        lines += spectral_lines(g, "counted over every test video evaluated")
         if data == "synth":
             lines += synth_detail(g, mode)
     return lines
+
+
+PROTOCOL_NOTE = {"msrvtt": (
+    f"'protocol': 'as published' only when the record shows the papers' protocol (MSR-VTT 1k-A: "
+    f"{PROTOCOL['msrvtt']['test_captions']:,} test captions, {PROTOCOL['msrvtt']['frames']} "
+    f"frames, pretrained CLIP weights; fine-tuned rows {PROTOCOL['msrvtt']['epochs']:g} epochs "
+    f"on the {PROTOCOL['msrvtt']['train_videos']:,} training videos), otherwise 'not "
+    f"comparable' and why: such a row does not test the published numbers beside it.")}
+
+
+def _per_setting(g: pd.DataFrame, text) -> str:
+    """``text(row)`` once when every row agrees, else each value with its settings."""
+    by: dict[str, list[str]] = {}
+    for _, r in g.iterrows():
+        by.setdefault(text(r), []).append(r["setting"])
+    if len(by) == 1:
+        return next(iter(by))
+    return "; ".join(f"{v} [{', '.join(s)}]" for v, s in by.items())
+
+
+def run_line(g: pd.DataFrame) -> str:
+    """What the rows of a quality table ran with, read from their records."""
+    frames = _per_setting(g, lambda r: str(int(r["frames"])) if pd.notna(r["frames"]) else "?")
+    return (f"Weights: {_per_setting(g, weights_text)}. Test set: {_per_setting(g, test_text)}. "
+            f"Frames: {frames}. Training run: {_per_setting(g, training_text)}.")
+
+
+def weights_warning(g: pd.DataFrame) -> list[str]:
+    """A warning when the rows cannot tell reducers apart: random weights or chance level."""
+    if (g["weights kind"] == "random").any():
+        return ["**Random weights**: these rows come from an untrained model, so every reducer "
+                "scores about the same (chance level); equal numbers here do not mean a reducer "
+                "is lossless.", ""]
+    r1, chance = pd.to_numeric(g["t2v_R@1"]), pd.to_numeric(g["chance t2v R@1"])
+    if chance.notna().all() and r1.notna().all() and (r1 < 2 * chance).all():
+        return [f"**At chance level**: every row's t2v R@1 is under twice chance "
+                f"({chance.max():.2f} %), so the weights have learnt next to nothing; equal "
+                f"numbers across reducers here do not mean a reducer is lossless.", ""]
+    return []
 
 
 def synth_detail(g: pd.DataFrame, mode: str) -> list[str]:
@@ -129,7 +199,9 @@ def _with_published(table: pd.DataFrame, g: pd.DataFrame, pubs: list[dict], data
                         "MeM act. MiB/video": f"{p['mem_gb']} GB ({p['hardware']})"
                         if p.get("mem_gb") else None,
                         "ms/video": f"{p['ms_per_video']} ({p['hardware']})"
-                        if p.get("ms_per_video") else None})
+                        if p.get("ms_per_video") else None,
+                        "trainable params": p.get("trainable_params"),
+                        "protocol": f"published ({p['source']})"})
             rows.append(pub)
     return pd.DataFrame(rows, columns=table.columns)
 
@@ -211,7 +283,7 @@ def _saved_config(inputs: list[str]):
     from .config import ConfigError, load_config
 
     try:
-        return load_config(Path(inputs[0]) / "config.yaml")
+        return load_config(Path(inputs[0]) / "config.yaml", preflight=False)
     except ConfigError as err:  # e.g. MSR-VTT data missing here: report every record instead
         log.warning("not selecting trials by %s: %s", Path(inputs[0]) / "config.yaml", err)
         return None

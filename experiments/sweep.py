@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     try:
         shard = parse_shard(a.shard)
-        cfg = load_config(a.config, cost_only=a.cost_only)
+        cfg = load_config(a.config, cost_only=a.cost_only, preflight=not a.only_report)
     except (ConfigError, ValueError) as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2

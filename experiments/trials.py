@@ -85,16 +85,18 @@ def _backbone(name: str, weights: str, ctx: Context):
 
 def cost_trial(s: dict, ctx: Context) -> dict:
     """GMACs, tokens, throughput and activation memory of one reducer setting."""
+    from .facts import cost_diagnostics  # reducer counters (CenterCLIP's empty spectral graphs)
+
     try:
         from tokred.cost.measure import measure
     except ImportError:  # older library: compute the same quantities here
-        return _cost_direct(s, ctx)
+        return {**_cost_direct(s, ctx), **cost_diagnostics(s, ctx.device)}
     rec = measure(s["backbone"], s["reducer"], s["options"], s["frames"],
                   batch_sizes=s["batch_sizes"], repeats=s["repeats"], warmup=s["warmup"],
                   device=ctx.device, fvcore=s.get("fvcore", True), activation=s["memory"],
                   quick_gelu=cost_activation(s) == "quick_gelu",
                   **({"clock": s["clock"]} if "clock" in s else {}))
-    return normalise_measure(rec)
+    return {**normalise_measure(rec), **cost_diagnostics(s, ctx.device)}
 
 
 def cost_activation(s: dict) -> str:

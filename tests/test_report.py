@@ -9,7 +9,7 @@ import torch
 from experiments.plots import pareto_front
 from experiments.provenance import ProvenanceRecorder, destinations, provenance
 from experiments.records import append_record
-from experiments.report import _published_cost, write_report
+from experiments.report import QUALITY_COLS, _published_cost, write_report
 from experiments.tables import cost_frame, load_published, quality_frame
 from tokred import create_reducer
 from tokred.encoder import VideoEncoder
@@ -203,3 +203,145 @@ def test_synthetic_per_caption_type_table_and_chance(tmp_path):
                                     " 240 ", " 20.00 ", " 60.00 ", " 1.50 ", " 4.00 ",
                                     " 0.50 ", " 9.00 "]
     assert "634 steps in 426 s (stopped: time_budget=7min)" in detail
+
+
+def msrvtt_rec(i: int, reducer: str, options: dict, mode: str, model: str = "ViT-B-32",
+               **metrics) -> dict:
+    """A quality record on MSR-VTT with the run facts a quality trial stores."""
+    r = quality_rec(i, reducer, options, mode, 400.0, 40.0)
+    r["settings"].update(model=model, weights="/w/ViT-B-32.pt", frames=12,
+                         data={"kind": "msrvtt", "root": "x"})
+    r["metrics"].update({"weights_kind": "file", "weights_file": "ViT-B-32.pt",
+                         "weights_sha256": "40d365715913c9da98579312b702a82c18be219cc2a73407c4"
+                                           "526f58eba950af",
+                         "weights_release": "ViT-B-32/openai", "num_captions": 1000,
+                         "num_videos": 1000, "chance_R@1": 0.1, "frames": 12})
+    if mode == "finetuned":
+        r["metrics"].update({"train_steps": 350, "train_videos": 9000, "train_epochs": 5.0,
+                             "recipe_epochs": 5.0, "recipe_steps": None})
+    r["metrics"].update(metrics)
+    return r
+
+
+def report_of(tmp_path, recs) -> str:
+    for r in recs:
+        append_record(tmp_path / "results.jsonl", r)
+    return write_report([tmp_path], tmp_path / "report").read_text()
+
+
+def section(text: str, heading: str) -> str:
+    return text.split(heading)[1].split("\n### ")[0].split("\n## ")[0]
+
+
+def test_quality_heading_names_weights_test_set_frames_and_training(tmp_path):
+    recs = [msrvtt_rec(0, "none", {}, "training_free"), msrvtt_rec(1, "none", {}, "finetuned"),
+            msrvtt_rec(2, "tempme", {"cross": 0.3}, "finetuned", train_steps=35,
+                       train_epochs=0.5)]
+    text = report_of(tmp_path, recs)
+    free = section(text, "### msrvtt: ViT-B-32, training-free")
+    assert ("Weights: ViT-B-32.pt (sha256 40d36571, the open_clip ViT-B-32/openai release file). "
+            "Test set: 1,000 test captions, 1,000 test videos (chance t2v R@1 = 1/1,000 = 0.10 %)"
+            ". Frames: 12. Training run: none: the reducer is inserted into the weights above."
+            ) in free
+    tuned = section(text, "### msrvtt: ViT-B-32, finetuned")
+    assert ("Training run: fine-tune 350 steps (5.00 epochs of 9,000 videos), recipe 5 epochs "
+            "[none]; fine-tune 35 steps (0.50 epochs of 9,000 videos), recipe 5 epochs "
+            "[tempme cross=0.3].") in tuned
+    rows = {r.split(" | ")[1]: r.split(" | ") for r in tuned.splitlines()
+            if r.startswith("| msrvtt")}
+    assert rows["none"][-1] == "as published |"
+    assert rows["tempme cross=0.3"][-1] == "not comparable: fine-tuned 0.50 epochs, not 5 |"
+    pub = rows["published: TempMe (LoRA; parameter count only)"]
+    assert pub[QUALITY_COLS.index("trainable params")] == "507,648"
+    assert pub[-1] == "published (tempme-abstract) |"
+    assert "**Random weights**" not in text and "**At chance level**" not in text
+
+
+def test_zero_shot_row_has_the_published_zero_shot_beside_it(tmp_path):
+    text = report_of(tmp_path, [msrvtt_rec(0, "none", {}, "training_free"),
+                                msrvtt_rec(1, "tome", {"r": 2}, "training_free")])
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| msrvtt")]
+    assert [r[1] for r in rows] == ["none", "published: CLIP zero-shot", "tome r=2"]
+    assert rows[1][QUALITY_COLS.index("t2v_R@1")] == "31.20"
+    assert rows[1][-1] == "published (centerclip-t3b) |"
+
+
+def test_rows_off_the_published_protocol_are_marked_not_comparable(tmp_path):
+    recs = [msrvtt_rec(0, "none", {}, "finetuned", num_captions=200, num_videos=200,
+                       train_videos=500, train_epochs=5.0, **{"chance_R@1": 0.5}),
+            msrvtt_rec(1, "centerclip", {"segments": 4}, "finetuned", frames=8),
+            msrvtt_rec(2, "centerclip", {"segments": 3}, "finetuned", weights_kind="scratch",
+                       weights_file=None, weights_sha256=None, weights_release=None,
+                       base_train={"steps": 40, "total_steps": 40}, base_epochs=0.6)]
+    text = report_of(tmp_path, recs)
+    rows = {r.split(" | ")[1]: r.split(" | ")[-1] for r in text.splitlines()
+            if r.startswith("| msrvtt")}
+    assert rows["none"] == ("not comparable: 200 test captions, not 1,000; 500 training videos, "
+                            "not 9,000 |")
+    assert rows["centerclip segments=4"] == "not comparable: 8 frames, not 12 |"
+    assert rows["centerclip segments=3"] == ("not comparable: weights trained from scratch here, "
+                                             "not CLIP |")
+    assert rows["published: CLIP4Clip meanP (B/32)"] == "published (centerclip-t3b) |"
+    assert "ViT-B-32 trained from scratch here (40 steps, 0.60 epochs of 9,000 videos) " \
+           "[centerclip segments=3]" in text
+
+
+def test_random_weights_and_chance_level_are_flagged(tmp_path):
+    recs = [msrvtt_rec(0, "none", {}, "training_free", weights_kind="random",
+                       weights_file=None, weights_sha256=None, weights_release=None),
+            msrvtt_rec(1, "tome", {"r": 2}, "training_free", weights_kind="random",
+                       weights_file=None, weights_sha256=None, weights_release=None)]
+    text = report_of(tmp_path, recs)
+    assert "Weights: random (untrained)." in text
+    assert "**Random weights**" in text and "do not mean a reducer is lossless" in text
+    assert "not comparable: random weights" in text
+    chance = [quality_rec(0, "none", {}, "training_free", 60, 1.5),
+              quality_rec(1, "tome", {"r": 2}, "training_free", 60, 1.0)]
+    for r in chance:  # t2v R@1 = 10 %, chance 1/12 = 8.33 %
+        r["metrics"].update({"chance_R@1": 100 / 12, "chance_R@5": 500 / 12,
+                             "chance_R@10": 1000 / 12, "num_captions": 12, "num_videos": 12})
+    text = report_of(tmp_path / "chance", chance)
+    assert "**At chance level**: every row's t2v R@1 is under twice chance (8.33 %)" in text
+    assert "**Random weights**" not in text
+
+
+def test_spectral_rows_say_whether_the_graph_was_empty(tmp_path):
+    spec = {"segments": 4, "algorithm": "spectral"}
+    c_empty = cost_rec(1, "centerclip", spec, 36.0, 1.0)
+    c_empty["metrics"].update({"spectral_segments": 4, "spectral_empty_graph": 4})
+    c_full = cost_rec(2, "centerclip", {**spec, "k": 30}, 30.0, 1.0, "ViT-B-16")
+    c_full["metrics"].update({"spectral_segments": 4, "spectral_empty_graph": 0})
+    q_part = msrvtt_rec(3, "centerclip", spec, "training_free", spectral_segments=4000,
+                        spectral_empty_graph=1000)
+    q_old = msrvtt_rec(4, "centerclip", spec, "finetuned")  # recorded before the counters
+    q_kmed = msrvtt_rec(5, "centerclip", {"segments": 4}, "finetuned")
+    text = report_of(tmp_path, [cost_rec(0, "none", {}, 52.9, 2.0), c_empty, c_full, q_part,
+                                q_old, q_kmed])
+    cost_b32 = section(text, "### ViT-B-32, 12 frames, random weights")
+    assert ("- centerclip algorithm=spectral segments=4: spectral graph empty in 4 of 4 segments: "
+            "the selection is positional (the first 49 tokens of each segment)") in cost_b32
+    assert "counted on one random video through this random-weight backbone" in cost_b32
+    cost_b16 = section(text, "### ViT-B-16, 12 frames, random weights")
+    assert ("- centerclip algorithm=spectral k=30 segments=4: spectral graph non-empty in all 4 "
+            "segments") in cost_b16
+    free = section(text, "### msrvtt: ViT-B-32, training-free")
+    assert ("- centerclip algorithm=spectral segments=4: spectral graph empty in 1,000 of 4,000 "
+            "segments: the selection is positional (the first 49 tokens of each segment)") in free
+    tuned = section(text, "### msrvtt: ViT-B-32, finetuned")
+    assert "- centerclip algorithm=spectral segments=4: spectral graph counts not recorded" in tuned
+    assert "- centerclip segments=4:" not in tuned  # k-medoids: no graph, no note
+
+
+def test_weights_facts_hash_and_release(tmp_path):
+    import hashlib
+
+    from experiments.facts import weights_facts
+
+    f = tmp_path / "ViT-B-32.pt"
+    f.write_bytes(b"abc" * 1000)
+    got = weights_facts(str(f))
+    assert got == {"weights_kind": "file", "weights_file": "ViT-B-32.pt",
+                   "weights_sha256": hashlib.sha256(b"abc" * 1000).hexdigest()}
+    assert weights_facts(None) == {"weights_kind": "scratch"}
+    assert weights_facts("random") == {"weights_kind": "random"}
+    assert weights_facts("openai")["weights_kind"] == "tag"

@@ -248,3 +248,175 @@ def test_smoke_config_end_to_end(tmp_path):
     for table in ("cost.csv", "quality.csv"):
         assert len((out / "report" / table).read_text().splitlines()) >= 3
     print(f"smoke sweep: {took:.0f} s")
+
+
+FIXTURES = ROOT / "tests" / "fixtures"
+
+
+def msrvtt_root(tmp_path: Path) -> Path:
+    """An MSR-VTT (CLIP4Clip layout) root: the fixture annotation files plus an (empty) video
+    file for every video of the test and train splits."""
+    import shutil
+
+    from tokred.data import load_split
+
+    root = tmp_path / "msrvtt"
+    shutil.copytree(FIXTURES / "msrvtt", root)
+    (root / "videos").mkdir()
+    for split in ("test", "train"):
+        for v in load_split("msrvtt", root, split).videos:
+            v.path.write_bytes(b"")
+    return root
+
+
+@pytest.fixture
+def msrvtt_env(tmp_path, monkeypatch):
+    """MSRVTT_ROOT and CLIP_WEIGHTS pointing at a complete tmp layout."""
+    root = msrvtt_root(tmp_path)
+    weights = tmp_path / "ViT-B-32.pt"
+    weights.write_bytes(b"not really weights")
+    monkeypatch.setenv("MSRVTT_ROOT", str(root))
+    monkeypatch.setenv("CLIP_WEIGHTS", str(weights))
+    return root
+
+
+@pytest.mark.parametrize("config", ["msrvtt_vitb32.yaml", "msrvtt_vitb16.yaml"])
+def test_fp16_recipe_needs_cuda_at_load_time(msrvtt_env, monkeypatch, config):
+    """The shipped MSR-VTT recipes say fp16: valid on a CUDA machine, a ConfigError naming the
+    precision line and the fix on a CPU-only one (before any trial)."""
+    import torch
+
+    path = ROOT / "experiments/configs" / config
+    text = path.read_text()
+    assert "precision: fp16" in text  # the GPU recipe is kept as published
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cfg = load_config(path)
+    assert any(t.settings.get("mode") == "finetuned" for t in cfg.trials)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert f"{config}:{line_of(text, 'precision: fp16')}: precision: fp16 needs CUDA" in msg
+    assert "torch.cuda.is_available() is False" in msg
+    assert "use precision: bf16 or fp32 on CPU, or run on a CUDA machine" in msg
+    assert len(load_config(path, cost_only=True).trials)  # the cost part still runs
+    # a report of a GPU run, written on a CPU machine, still selects the config's trials
+    assert [t.id for t in load_config(path, preflight=False).trials] == [t.id for t in cfg.trials]
+
+
+@pytest.mark.parametrize("old, new, needle", [
+    ("batch_size: 8, train_frames", "batch_size: 8, precision: fp16, train_frames", "base:"),
+    ("finetune: {mode: full,", "finetune: {mode: full, precision: fp16,", "finetune:"),
+    ("    - {name: tome, options: {r: 2}}",
+     "    - {name: tome, options: {r: 2}, finetune: {precision: fp16}}", "{name: tome"),
+    ("finetune: {mode: full,", "finetune: {mode: full, device: cuda,", "finetune:"),
+])
+def test_recipe_precision_checked_where_it_is_set(tmp_path, monkeypatch, old, new, needle):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    text = QUALITY.replace(old, new)
+    assert text != QUALITY
+    with pytest.raises(ConfigError, match="CUDA") as err:
+        load_config(write(tmp_path, text))
+    assert f"c.yaml:{line_of(text, needle)}:" in str(err.value)
+    bf16 = text.replace("precision: fp16", "precision: bf16").replace("device: cuda", "device: cpu")
+    assert len(load_config(write(tmp_path, bf16, "ok.yaml")).trials) == 4
+
+
+def test_missing_video_stops_before_any_trial(msrvtt_env, monkeypatch, tmp_path):
+    """A video of the evaluated split missing: ConfigError naming the file, before any trial
+    (also with --shard), instead of per trial after the whole cost section."""
+    import torch
+
+    from experiments import trials
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    path = ROOT / "experiments/configs/msrvtt_vitb32.yaml"
+    assert load_config(path).trials  # the complete layout passes
+    gone = msrvtt_env / "videos" / "video9771.mp4"
+    gone.unlink()
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert f"msrvtt_vitb32.yaml:{line_of(path.read_text(), 'root: ${MSRVTT_ROOT')}:" in msg
+    assert str(gone) in msg and "1 of the 5 videos of the MSR-VTT test split are missing" in msg
+    assert "--cost-only" in msg
+    ran = []
+    monkeypatch.setattr(trials, "run_trial", lambda t, ctx: ran.append(t) or {})
+    for shard in ([], ["--shard", "1/2"]):
+        out = tmp_path / f"out{len(shard)}"
+        assert sweep.main(["--config", str(path), "--out", str(out), "--no-progress", *shard]) == 2
+        assert not ran and not out.exists()
+    gone.write_bytes(b"")
+    (msrvtt_env / "videos" / "video1.mp4").unlink()  # a training video (fine-tune trials)
+    with pytest.raises(ConfigError, match=r"1 of the 3 videos of the MSR-VTT train split .*video1\.mp4"):
+        load_config(path)
+    assert load_config(path, cost_only=True).trials  # --cost-only reads no data
+
+
+def test_empty_msrvtt_root_names_the_annotation_file(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("MSRVTT_ROOT", str(tmp_path))
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"x")
+    monkeypatch.setenv("CLIP_WEIGHTS", str(weights))
+    with pytest.raises(ConfigError, match=r"test split .*MSRVTT_JSFUSION_test\.csv not found"):
+        load_config(ROOT / "experiments/configs/msrvtt_vitb32.yaml")
+
+
+def test_synthetic_data_is_not_opened_at_load_time(tmp_path):
+    cfg = load_config(write(tmp_path, QUALITY))  # generated by the sweep, nothing to list yet
+    assert {t.settings["data"]["kind"] for t in cfg.trials} == {"synth"}
+
+
+def test_msrvtt_configs_list_the_zero_shot_rows(msrvtt_env, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for name, model in (("msrvtt_vitb32.yaml", "ViT-B-32"), ("msrvtt_vitb16.yaml", "ViT-B-16")):
+        cfg = load_config(ROOT / "experiments/configs" / name)
+        none = [(t.settings["mode"], t.settings["weights"]) for t in cfg.trials
+                if t.kind == "quality" and t.settings["reducer"] == "none"]
+        assert sorted(none) == [("finetuned", os.environ["CLIP_WEIGHTS"]),
+                                ("training_free", os.environ["CLIP_WEIGHTS"])]
+        assert all(t.settings["model"] == model for t in cfg.trials if t.kind == "quality")
+
+
+SPECTRAL = """\
+name: spectral
+cost:
+  frames: 12
+  batch_sizes: [1]
+  repeats: 1
+  warmup: 0
+  memory: false
+  fvcore: false
+  runs:
+    - backbone: scale-B32
+      reducers:
+        - none
+        - {name: centerclip, options: {layer: 6, segments: 4, k: 49}, sweep: {algorithm: [kmedoids, spectral]}}
+"""
+
+
+def test_spectral_graph_counts_recorded_and_reported(tmp_path):
+    """Cost trials of the spectral reducer record its graph counters (one video, batch 1) and
+    the report says for the row whether the selection was positional."""
+    out = tmp_path / "out"
+    rc = sweep.main(["--config", str(write(tmp_path, SPECTRAL)), "--out", str(out),
+                     "--no-progress"])
+    assert rc == 0
+    recs = {r["settings"]["options"].get("algorithm", "-"): r["metrics"]
+            for r in read_records(out / "results.jsonl")}
+    assert recs["spectral"]["spectral_segments"] == 4  # 12 frames in 4 segments, one video
+    assert 0 <= recs["spectral"]["spectral_empty_graph"] <= 4
+    assert "spectral_segments" not in recs["kmedoids"] and "spectral_segments" not in recs["-"]
+    report = (out / "report" / "report.md").read_text()
+    n = recs["spectral"]["spectral_empty_graph"]
+    want = (f"spectral graph empty in {n} of 4 segments: the selection is positional (the first "
+            f"49 tokens of each segment)" if n else "spectral graph non-empty in all 4 segments")
+    assert f"- centerclip algorithm=spectral k=49 layer=6 segments=4: {want}" in report
+    assert report.count("spectral graph") == 1
