@@ -96,7 +96,7 @@ def test_pre_block_keeps_medoids_and_mean_cls(scale, algorithm):
     assert torch.equal(out.size, torch.ones(8, 11, 1))
     cls, points = split_segments(s.x, 1, 3)
     assert torch.allclose(out.x[:, 0], s.x[:, 0].reshape(8, 3, 16).mean(1))
-    med = red.select(points, 10, 3)
+    med = red.select(points, 10, 3, segments=4)
     for r in range(8):
         assert len(set(med[r].tolist())) == 10
         assert torch.equal(out.x[r, 1:], points[r, med[r]])
