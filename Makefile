@@ -24,27 +24,27 @@ lint: install
 	$(PY) -m ruff check tokred methods experiments tests examples
 
 sweep: install
-	$(PY) -m experiments.sweep --config $(CONFIG) --out $(OUT)
+	$(VENV)/bin/tokred sweep --config $(CONFIG) --out $(OUT)
 
 smoke: install
-	$(PY) -m experiments.sweep --config experiments/configs/smoke.yaml --out runs/smoke
+	$(VENV)/bin/tokred sweep --config experiments/configs/smoke.yaml --out runs/smoke
 
 bench: install
-	$(PY) -m tokred.cli bench
+	$(VENV)/bin/tokred bench
 
 bench-centerclip: install
-	$(PY) -m tokred.cli bench-centerclip --spectral
+	$(VENV)/bin/tokred bench-centerclip --spectral
 
 bench-tempme: install
-	$(PY) -m tokred.cli bench-tempme
+	$(VENV)/bin/tokred bench-tempme
 
 # issue-5 table: every reducer at its paper settings, B/32 + B/16 video, timm ViT-B/16 image mode
 measure: install
-	$(PY) -m tokred.cli measure --models ViT-B-32 ViT-B-16 timm:vit_base_patch16_224 \
+	$(VENV)/bin/tokred measure --models ViT-B-32 ViT-B-16 timm:vit_base_patch16_224 \
 	  --reducers paper --batch-sizes 1 4 --repeats 3 --rounds 3 --out runs/measure.jsonl
 
 scale-bench: install
-	$(PY) -m tokred.cli scale-bench --out runs/scale
+	$(VENV)/bin/tokred scale-bench --out runs/scale
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache build *.egg-info

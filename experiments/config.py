@@ -162,7 +162,7 @@ def _recipe_keys() -> dict[str, str]:
         from .quality import recipe_keys
 
         return recipe_keys()
-    except ImportError:  # tokred.train missing: check against the documented subset
+    except ImportError:  # tokred.training missing: check against the documented subset
         return RECIPE_KEYS
 
 

@@ -85,7 +85,7 @@ def _train_videos(root: str) -> int | None:
 def _recipe(recipe: dict) -> dict:
     """The recipe with TrainConfig's defaults filled in (batch_size, epochs, max_steps)."""
     try:
-        from tokred.train import TrainConfig
+        from tokred.training import TrainConfig
 
         defaults = {f.name: f.default for f in fields(TrainConfig)}
     except ImportError:
@@ -131,7 +131,7 @@ def cost_diagnostics(s: dict, device: str = "cpu") -> dict:
         return {}
     try:
         from tokred.cost.measure import build
-        from tokred.cost.throughput import fixed_video
+        from tokred.cost.timing import fixed_video
 
         enc = build(s["backbone"], s["reducer"], s["options"], s["frames"], device=device).encoder
         video = fixed_video(1, s["frames"], enc.spec.image_size, device)

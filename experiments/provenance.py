@@ -81,8 +81,8 @@ def destinations(out: Tensor, inp: Tensor) -> np.ndarray:
 
 def synthetic_video(frames: int, size: int) -> tuple[np.ndarray, Tensor]:
     """One fixed scene of the shipped synthetic benchmark: uint8 ``[T,S,S,3]`` and CLIP input."""
-    from tokred.data.synth import Scene, render
     from tokred.data.transforms import CLIP_MEAN, CLIP_STD
+    from tokred.synth import Scene, render
 
     scene = Scene(bg=7, mover=("red", "circle"), direction="right", lane=0,
                   event_obj=("blue", "square"), event_pos=(1, 2), event="appear",

@@ -27,9 +27,9 @@ MANAGED = {"data", "root", "split", "video_root", "out", "model", "pretrained", 
 
 def recipe_keys() -> dict[str, str]:
     """Keys a ``base:`` / ``finetune:`` recipe may use: TrainConfig fields + eval_batch_size."""
-    from tokred.train import TrainConfig
+    from tokred.training import TrainConfig
 
-    keys = {f.name: f"tokred.train.TrainConfig.{f.name}" for f in fields(TrainConfig)
+    keys = {f.name: f"tokred.training.TrainConfig.{f.name}" for f in fields(TrainConfig)
             if f.name not in MANAGED}
     keys["eval_batch_size"] = "videos per evaluation batch"
     return keys
@@ -39,7 +39,7 @@ def data_dir(data: dict, ctx) -> Path:
     """The dataset directory: MSR-VTT root as given, or the synthetic benchmark (cached)."""
     if data.get("kind", "synth") == "msrvtt":
         return Path(data["root"])
-    from tokred.data import SynthConfig, generate
+    from tokred.synth import SynthConfig, generate
 
     opts = dict(data.get("synth") or {})
     if "test_mix" in opts:
@@ -50,7 +50,7 @@ def data_dir(data: dict, ctx) -> Path:
 
 
 def _train_config(settings: dict, recipe: dict, root: Path, out: Path, **kw):
-    from tokred.train import TrainConfig
+    from tokred.training import TrainConfig
 
     recipe = {k: v for k, v in recipe.items() if k != "eval_batch_size"}
     return TrainConfig(data="msrvtt", root=str(root), split="train", out=str(out),
@@ -64,7 +64,7 @@ def base_checkpoint(key: dict, ctx) -> Path:
     A QuickGELU base (the OpenAI architectures) is cached under a key naming its activation,
     apart from GELU bases trained before the activation was decided per architecture.
     """
-    from tokred.models import activation_for
+    from tokred.backbones.weights import activation_for
 
     if key.get("weights"):
         return Path(key["weights"])
@@ -73,7 +73,7 @@ def base_checkpoint(key: dict, ctx) -> Path:
     cache_key = key if act == "gelu" else {**key, "activation": act}
 
     def build(tmp: Path) -> dict:
-        from tokred.train import train
+        from tokred.training import train
 
         stats = train(_train_config(key, key.get("base") or {}, root, tmp, reducer="none"))
         return {k: v for k, v in stats.items() if k not in ("checkpoint", "last")}
@@ -89,8 +89,9 @@ def base_stats(step_dir: Path) -> dict:
 
 def _split(settings: dict, root: Path, ctx, image_size: int):
     """Test split, synthetic meta and decoded videos (decoded once per sweep process)."""
-    from tokred.data import load_meta, load_split
-    from tokred.evaluate import load_videos
+    from tokred.data import load_split
+    from tokred.retrieval.evaluate import load_videos
+    from tokred.synth import load_meta
 
     key = ("videos", str(root), settings["split"], settings["frames"], image_size)
     if key not in ctx.models:
@@ -102,8 +103,8 @@ def _split(settings: dict, root: Path, ctx, image_size: int):
 
 def quality_trial(s: dict, ctx) -> dict:
     """Evaluate reducer ``s['reducer']`` on the base model, training-free or fine-tuned."""
-    from tokred.evaluate import evaluate, load_model
     from tokred.retrieval import build_model
+    from tokred.retrieval.evaluate import evaluate, load_model
 
     key = {"model": s["model"], "weights": s.get("weights"), "frames": s["frames"],
            "data": s["data"], "base": s["base"]}
@@ -111,7 +112,7 @@ def quality_trial(s: dict, ctx) -> dict:
     root = data_dir(s["data"], ctx)
     extra: dict[str, Any] = {}
     if s["mode"] == "finetuned":
-        from tokred.train import train
+        from tokred.training import train
 
         run = ctx.out / "trials" / _trial_dir(s)
         cfg = _train_config(s, s["finetune"], root, run, init=str(base), reducer=s["reducer"],
@@ -148,7 +149,7 @@ def _trial_dir(s: dict) -> str:
 
 
 def _trainable(cfg) -> int:
-    from tokred.train import build_for_training
+    from tokred.training.build import build_for_training
 
     model = build_for_training(cfg, "cpu")
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -157,7 +158,7 @@ def _trainable(cfg) -> int:
 def encoder_cost(enc, videos: torch.Tensor, batch: int = 4) -> dict:
     """GMACs, tokens out, activation memory and inference speed of the evaluated encoder."""
     from tokred.cost.analytic import gmacs
-    from tokred.cost.throughput import time_calls
+    from tokred.cost.timing import time_calls
 
     from .trials import activation_mib
 

@@ -2,8 +2,8 @@
 
 Usage::
 
-    python -m experiments.report runs/default            # writes runs/default/report/
-    python -m experiments.report runs/a runs/b -o merged/  # several result dirs or files
+    python -m tokred_experiments.report runs/default            # writes runs/default/report/
+    python -m tokred_experiments.report runs/a runs/b -o merged/  # several result dirs or files
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def weights_warning(g: pd.DataFrame) -> list[str]:
 
 def synth_detail(g: pd.DataFrame, mode: str) -> list[str]:
     """Per-caption-type t2v R@1/R@5, multiples of chance, twin accuracy and wall times."""
-    from tokred.data.synth import TYPES
+    from tokred.synth import TYPES
 
     if "x chance" not in g:
         return []
@@ -290,7 +290,7 @@ def _saved_config(inputs: list[str]):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.report", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m tokred_experiments.report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", help="result dirs or results*.jsonl files")
     p.add_argument("-o", "--out", help="report dir (default: INPUT/report for one dir)")

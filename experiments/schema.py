@@ -50,7 +50,7 @@ PROVENANCE_KEYS = {
 DATA_KEYS = {
     "kind": "synth (generated and cached in the output dir) or msrvtt",
     "root": "dataset directory (msrvtt: videos/ and annotation files)",
-    "synth": "options of tokred.data.synth.SynthConfig (sizes, seed)",
+    "synth": "options of tokred.synth.SynthConfig (sizes, seed)",
     "max_words": "caption length in tokens",
     "workers": "data-loading worker processes",
 }

@@ -2,11 +2,11 @@
 
 Usage (from the repo root)::
 
-    python -m experiments.sweep --config experiments/configs/default.yaml --out runs/default
-    python -m experiments.sweep --config ... --out ... --shard 0/2      # half of the trials
-    python -m experiments.sweep --config ... --out ... --cost-only      # skip the quality part
-    python -m experiments.sweep --config ... --out ... --only-report    # tables + figures only
-    python -m experiments.sweep merge runs/a runs/b -o runs/all/results.jsonl
+    python -m tokred_experiments.sweep --config experiments/configs/default.yaml --out runs/default
+    python -m tokred_experiments.sweep --config ... --out ... --shard 0/2      # half of the trials
+    python -m tokred_experiments.sweep --config ... --out ... --cost-only      # skip the quality part
+    python -m tokred_experiments.sweep --config ... --out ... --only-report    # tables + figures only
+    python -m tokred_experiments.sweep merge runs/a runs/b -o runs/all/results.jsonl
 
 Resumable: finished trials (status ok) are skipped on a rerun; errored ones are retried.
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 from .config import ConfigError, SweepConfig, Trial, load_config
 from .records import append_record, load_results, merge_files
 
-log = logging.getLogger("experiments.sweep")
+log = logging.getLogger("tokred_experiments.sweep")
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -109,7 +109,7 @@ def run_sweep(cfg: SweepConfig, out: Path, shard: tuple[int, int] | None = None,
 
 
 def merge_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.sweep merge",
+    p = argparse.ArgumentParser(prog="python -m tokred_experiments.sweep merge",
                                 description="merge result files or dirs (one record per trial)")
     p.add_argument("inputs", nargs="+", help="results.jsonl files or output dirs")
     p.add_argument("-o", "--output", required=True, help="merged results.jsonl to write")
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "merge":
         return merge_main(argv[1:])
-    p = argparse.ArgumentParser(prog="python -m experiments.sweep", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m tokred_experiments.sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="sweep YAML (experiments/configs/*.yaml)")
     p.add_argument("--out", required=True, help="output dir: results.jsonl, cache/, report/")

@@ -70,7 +70,7 @@ def _backbone(name: str, weights: str, ctx: Context):
     Its activation is the one ``weights`` need (:func:`tokred.models.activation_for`): the
     papers' OpenAI architectures are QuickGELU even with random weights.
     """
-    from tokred.backbone import OpenCLIPVisual
+    from tokred.backbones import OpenCLIPVisual
     from tokred.models import create_clip
 
     key = (name, weights)
@@ -102,7 +102,7 @@ def cost_trial(s: dict, ctx: Context) -> dict:
 def cost_activation(s: dict) -> str:
     """The MLP activation of a cost trial's network: the one its ``weights`` need (random:
     the architecture's published one, QuickGELU for OpenAI's ViT-B-32 / ViT-B-16)."""
-    from tokred.models import activation_for
+    from tokred.backbones.weights import activation_for
 
     weights = s.get("weights", "random")
     return activation_for(s["backbone"], None if weights in (None, "random") else weights)
@@ -110,10 +110,10 @@ def cost_activation(s: dict) -> str:
 
 def _cost_direct(s: dict, ctx: Context) -> dict:
     from tokred import create_reducer
+    from tokred.backbones.weights import activation_of
     from tokred.cost.analytic import gmacs
-    from tokred.cost.throughput import time_calls
+    from tokred.cost.timing import time_calls
     from tokred.encoder import VideoEncoder
-    from tokred.models import activation_of
 
     backbone = _backbone(s["backbone"], s["weights"], ctx)
     reducer = create_reducer(s["reducer"], **s["options"])
@@ -190,7 +190,7 @@ def provenance_trial(s: dict, ctx: Context) -> dict:
     from .provenance import provenance
 
     if s["weights"] == "base":
-        from tokred.evaluate import load_model
+        from tokred.retrieval.evaluate import load_model
 
         from .quality import base_checkpoint
 

@@ -19,7 +19,7 @@ def spec_for(model: str) -> BackboneSpec:
     """
     import open_clip
 
-    from tokred.models import EMBEDDED_MODELS
+    from tokred.backbones.embedded import EMBEDDED_MODELS
 
     if model in EMBEDDED_MODELS:
         cfg = EMBEDDED_MODELS[model]["vision_cfg"]
@@ -108,7 +108,7 @@ def check_recipe(recipe: dict, reducer: str, options: dict, model: str, frames: 
     before any trial runs instead of after the base model has trained.
     """
     try:
-        from tokred.train import TrainConfig
+        from tokred.training import TrainConfig
     except ImportError:  # the library is not importable: key checks only
         return
     kw = {k: v for k, v in recipe.items() if k != "eval_batch_size"}
@@ -121,7 +121,7 @@ def check_recipe(recipe: dict, reducer: str, options: dict, model: str, frames: 
 def recipe_device(recipe: dict) -> tuple[str, str]:
     """The device a ``base:`` / ``finetune:`` recipe trains on here, and why.
 
-    ``device: auto`` (TrainConfig's default) resolves like :func:`tokred.distributed.
+    ``device: auto`` (TrainConfig's default) resolves like :func:`tokred.training.distributed.
     init_distributed`: CUDA when ``torch.cuda.is_available()``, else the CPU.
     """
     import torch

@@ -3,35 +3,37 @@
 from __future__ import annotations
 
 import logging
-from typing import Union
 
 import torch
+from tokred_methods.segments import (
+    IntOrList,
+    SegmentReducer,
+    SegmentStep,
+    plan_segments,
+    split_segments,
+)
 from torch import Tensor
 
-from tokred import BackboneSpec, TokenReducer, TokenState, register_reducer
-from tokred.cluster import (
+from tokred import TokenState, register_reducer
+from tokred.toolkits.cluster import (
     DISTANCES,
     GRAPHS,
     Clusters,
-    SegmentStep,
     kmedoids,
-    plan_segments,
-    rows_gather,
     sigma_floor,
     spectral_kmedoids,
-    split_segments,
 )
+from tokred.toolkits.merge import keep_tokens
 
 log = logging.getLogger(__name__)
 _WARNED: set[tuple] = set()  # (layer, sigma, graph) whose empty spectral graph was reported
 
-IntOrList = Union[int, list]
 ALGORITHMS = ("kmedoids", "spectral")
 ITERS_ESTIMATE = 10  # k-medoids rounds assumed by work_macs (4-8 seen on random-weight ViT-B)
 
 
 @register_reducer("centerclip")
-class CenterCLIP(TokenReducer):
+class CenterCLIP(SegmentReducer):
     """Keep only the medoids of each temporal segment's patch tokens.
 
     Zhao, Zhu, Wang, Yang, "CenterCLIP: Token Clustering for Efficient Text-Video Retrieval",
@@ -63,7 +65,7 @@ class CenterCLIP(TokenReducer):
         knn: neighbours of the KNN graph; None = the paper's adaptive ``5 * fd``, ``+5`` when
             a frame has >= 100 patches (the 14x14 grid of ViT-B/16).
         split_size: segments clustered together (they share the distance shift and the stop
-            rule, see :mod:`tokred.cluster`); None = the official 4 for ViT-B/16, 16 otherwise.
+            rule, see :mod:`tokred.toolkits.cluster`); None = the official 4 for ViT-B/16, 16 otherwise.
         exact: exact distances (zero diagonal) and every segment clustered on its own, so a
             video's tokens do not depend on the rest of its batch. Departs from the official
             code and from the published results (2-22 % of the medoids differ at real sizes).
@@ -101,6 +103,19 @@ class CenterCLIP(TokenReducer):
           medoid), ``pre_norm``, cluster/frame embeddings and the spatio-temporal graph mask.
     """
 
+    name = "centerclip"
+    presets = {  # CenterCLIP Table 3: "B_l - S, K"; docs/algorithms.md §3
+        "B6-4-49": {"layer": 6, "segments": 4, "k": 49},
+        "B6-3-49": {"layer": 6, "segments": 3, "k": 49},
+        "B6-6-49": {"layer": 6, "segments": 6, "k": 49},
+        "B7-4-49": {"layer": 7, "segments": 4, "k": 49},
+        "B6-4-160": {"layer": 6, "segments": 4, "k": 160},  # ViT-B/16
+        "spectral-B6-4-49": {"layer": 6, "segments": 4, "k": 49, "algorithm": "spectral"},
+        "spectral-B6-3-49": {"layer": 6, "segments": 3, "k": 49, "algorithm": "spectral"},
+    }
+    paper = {"ViT-B-32": ("B6-4-49", "B6-3-49", "spectral-B6-4-49", "spectral-B6-3-49"),
+             "ViT-B-16": ("B6-4-160",)}
+
     def __init__(
         self,
         layer: IntOrList = 6,
@@ -119,7 +134,7 @@ class CenterCLIP(TokenReducer):
         pre_norm: bool = False,
         correct_sign: bool = True,
     ) -> None:
-        super().__init__()
+        super().__init__(layer, segments, k)
         _check_choice("algorithm", algorithm, ALGORITHMS)
         _check_choice("distance", distance, DISTANCES)
         _check_choice("graph", graph, GRAPHS)
@@ -129,19 +144,12 @@ class CenterCLIP(TokenReducer):
         if (split_size is not None and split_size < 1) or (knn is not None and knn < 1):
             raise ValueError(f"centerclip: need split_size >= 1 and knn >= 1 (or None); got "
                              f"split_size={split_size}, knn={knn}")
-        self.layer, self.segments, self.k = layer, segments, k
         self.algorithm, self.distance, self.p = algorithm, distance, p
         self.iters, self.threshold = iters, threshold
         self.sigma, self.graph, self.knn = sigma, graph, knn
         self.split_size, self.exact = split_size, exact
         self.pre_norm, self.correct_sign = pre_norm, correct_sign
-        self.steps: dict[int, SegmentStep] = {}
         self.reset_diagnostics()
-
-    def setup(self, spec: BackboneSpec) -> None:
-        super().setup(spec)
-        steps = plan_segments(spec, self.layer, self.segments, self.k, name="centerclip")
-        self.steps = {st.layer: st for st in steps}
 
     def chunk(self) -> int:
         """Segments clustered together: ``split_size``, or the official 4 (ViT-B/16) / 16."""
@@ -167,7 +175,7 @@ class CenterCLIP(TokenReducer):
         step = self.steps.get(layer)
         if step is None:
             return s
-        join = _join(s, step)
+        join = self._join(s, step)
         cls, points = split_segments(s.x, s.prefix, join)  # [B*S, p, C], [B*S, n, C]
         if step.k > points.shape[1]:
             raise ValueError(f"centerclip: k={step.k} at layer {layer} exceeds the "
@@ -176,7 +184,7 @@ class CenterCLIP(TokenReducer):
             medoids = self.select(points, step.k, join, step.segments, layer)
         except ValueError as err:
             raise _name_videos(err, s, step) from err
-        x = torch.cat([cls, rows_gather(points, medoids)], dim=1)  # [B*S, p + K, C]
+        x = torch.cat([cls, keep_tokens(points, medoids)], dim=1)  # [B*S, p + K, C]
         size = x.new_ones(x.shape[0], x.shape[1], 1)
         return s.replace(x=x, size=size, groups=step.segments)
 
@@ -253,8 +261,7 @@ class CenterCLIP(TokenReducer):
         return float(total)
 
     def extra_repr(self) -> str:
-        return (f"layer={self.layer!r}, segments={self.segments!r}, k={self.k!r}, "
-                f"algorithm={self.algorithm!r}, distance={self.distance!r}")
+        return f"{super().extra_repr()}, algorithm={self.algorithm!r}, distance={self.distance!r}"
 
 
 def _name_videos(err: ValueError, s: TokenState, step: SegmentStep) -> ValueError:
@@ -271,14 +278,6 @@ def _bad_rows(s: TokenState, step: SegmentStep) -> list[int]:
     rows = s.x.shape[0] // (s.groups // step.segments)
     finite = torch.isfinite(s.x.detach()).reshape(rows, -1).all(dim=1)
     return (~finite).nonzero().flatten().tolist()
-
-
-def _join(s: TokenState, step: SegmentStep) -> int:
-    """Incoming sequences per segment; raises if the state does not match the schedule."""
-    if s.groups % step.segments:
-        raise ValueError(f"centerclip: {s.groups} sequences per video at layer {step.layer} "
-                         f"cannot be cut into segments={step.segments}")
-    return s.groups // step.segments
 
 
 def _check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from tokred import BackboneSpec, TokenReducer, TokenState, register_reducer
-from tokred.ops import bipartite_match, join_groups, merge_wavg
+from tokred.toolkits.merge import bipartite_match, join_groups, merge_wavg
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,14 @@ class TempMe(TokenReducer):
         - Matching scores in fp32 with a stable sort (deterministic on CPU and under AMP).
         - Temporal embeddings are created by :meth:`setup` (they depend on width and ``T``).
     """
+
+    presets = {  # docs/algorithms.md §4
+        "r2": {"r": 2, "merge_layers": [8, 9, 10], "merge_frames": [2, 2, 3], "cross": 0.3,
+               "intra": 0.1},  # the paper's (and the default) setting
+        "r10": {"r": 10, "merge_layers": [8, 9, 10], "merge_frames": [2, 2, 3], "cross": 0.3,
+                "intra": 0.1},  # ViT-B/16 with ImgMe r=10
+    }
+    paper = {"ViT-B-32": ("r2",), "ViT-B-16": ("r2", "r10")}
 
     def __init__(
         self,

@@ -7,7 +7,7 @@ from typing import Union
 from torch import Tensor
 
 from tokred import BackboneSpec, TokenReducer, TokenState, register_reducer
-from tokred.ops import bipartite_match, merge_wavg
+from tokred.toolkits.merge import bipartite_match, merge_wavg
 
 RSpec = Union[int, list, tuple]
 
@@ -62,6 +62,16 @@ class ToMe(TokenReducer):
           and AMP runs match fp32 matching.
         - Source-token tracing (``trace_source``) and distillation tokens are not implemented.
     """
+
+    presets = {  # docs/algorithms.md §2
+        "r2": {"r": 2},  # TempMe's ImgMe merge count on ViT-B/32 video frames
+        "r3": {"r": 3},
+        "r4": {"r": 4},
+        "r10": {"r": 10},  # ViT-B/16 video (TempMe's B/16 setting)
+        "r13": {"r": 13},  # ToMe Table (ViT-B/16 AugReg images)
+        "r16": {"r": 16},  # ToMe benchmark notebook, ViT-B/16 images: 2.05x on a V100
+    }
+    paper = {"ViT-B-32": ("r2",), "ViT-B-16": ("r10",), "timm:vit_base_patch16_224": ("r16",)}
 
     def __init__(self, r: RSpec = 2, inflection: float = 0.0, prop_attn: bool = True) -> None:
         super().__init__()

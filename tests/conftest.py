@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tokred.backbone import OpenCLIPVisual
+from tokred.backbones import OpenCLIPVisual
 from tokred.models import create_clip
 
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 from open_clip.transformer import QuickGELU
 
-from tokred import train as train_mod
-from tokred.evaluate import load_model
-from tokred.models import EMBEDDED_MODELS, activation_for, activation_of, infer_clip_name
-from tokred.train import TrainConfig, train
+from tokred.backbones.embedded import EMBEDDED_MODELS
+from tokred.backbones.weights import activation_for, activation_of, infer_clip_name
+from tokred.retrieval.evaluate import load_model
+from tokred.training import TrainConfig, train
+from tokred.training import loop as train_mod
 
 # OpenAI's files are TorchScript, which torch now calls deprecated
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:FutureWarning")
@@ -22,7 +23,7 @@ CAPTIONS = ["a red circle moves left", "a small blue cross in the top left corne
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    from tokred.data.synth import SynthConfig, generate
+    from tokred.synth import SynthConfig, generate
 
     out = tmp_path_factory.mktemp("synth")
     return generate(out, SynthConfig(train_videos=8, test_videos=6, frames=4, size=32, workers=1))
@@ -110,13 +111,13 @@ def test_train_from_openai_file_keeps_quick_gelu(synth, tmp_path, openai_clip, l
                                                  monkeypatch):
     init = _write(layout, openai_clip, tmp_path)
     held = {}
-    real = train_mod._save_final
+    real = train_mod.save_final
 
     def keep(model, cfg, out, stats):
         held["model"] = model
         return real(model, cfg, out, stats)
 
-    monkeypatch.setattr(train_mod, "_save_final", keep)
+    monkeypatch.setattr(train_mod, "save_final", keep)
     stats = train(_cfg(synth, tmp_path / "run", init=init))
     assert stats["steps"] == 1
     trained = held["model"]
@@ -153,7 +154,7 @@ def test_resume_keeps_the_activation(synth, tmp_path, openai_clip, caplog):
     with pytest.raises(ValueError, match="was trained with quick_gelu"):
         train(_cfg(synth, run, init=init, max_steps=2, resume=True, quick_gelu=False))
     # without init this config alone would build GELU; last.pt's activation wins
-    with caplog.at_level("WARNING", logger="tokred.train"):
+    with caplog.at_level("WARNING", logger="tokred.training"):
         rest = train(_cfg(synth, run, max_steps=2, resume=True))
     assert rest["steps"] == 2 and "resuming with quick_gelu" in caplog.text
     assert torch.load(rest["checkpoint"], weights_only=True)["meta"]["activation"] == "quick_gelu"
@@ -186,7 +187,7 @@ def test_load_model_reads_clip_files_zero_shot(tmp_path, openai_clip, layout):
 
 
 def test_eval_command_scores_clip_checkpoints(synth, tmp_path, openai_clip, capsys):
-    from tokred.evaluate import main
+    from tokred.cli.eval import main
 
     common = ["--root", str(synth), "--frames", "2", "--batch-size", "4"]
     for layout, extra in [("torchscript", []),
@@ -202,7 +203,7 @@ def test_eval_command_scores_clip_checkpoints(synth, tmp_path, openai_clip, caps
 
 
 def test_eval_of_an_unknown_architecture_asks_for_model(synth, tmp_path, monkeypatch):
-    from tokred.evaluate import main
+    from tokred.cli.eval import main
 
     tiny = {"embed_dim": 16,
             "vision_cfg": {"image_size": 16, "patch_size": 8, "width": 32, "layers": 2,
@@ -237,7 +238,7 @@ def test_cost_records_name_the_activation_and_quick_gelu_costs_memory():
 
 
 def test_sweep_cost_trial_activation(tmp_path):
-    from experiments.trials import Context, _cost_direct, cost_activation
+    from tokred_experiments.trials import Context, _cost_direct, cost_activation
 
     assert cost_activation({"backbone": "ViT-B-16", "weights": "random"}) == "quick_gelu"
     assert cost_activation({"backbone": SCALE, "weights": "random"}) == "gelu"

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tokred_methods.centerclip import CenterCLIP
+from tokred_methods.segments import SegmentPooling, SparseSampling, split_segments, uniform_offsets
 
-from methods.centerclip import CenterCLIP
-from methods.segments import SegmentPooling, SparseSampling, uniform_offsets
 from tokred import Chain, TokenState, create_reducer
-from tokred.cluster import kmedoids, split_segments
 from tokred.cost.analytic import block_macs, gmacs
 from tokred.encoder import Trace, VideoEncoder
+from tokred.toolkits.cluster import kmedoids
 
 
 def _state(b=2, t=12, n=50, c=16, seed=0, grad=False):

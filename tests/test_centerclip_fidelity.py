@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tokred_methods.centerclip import CenterCLIP
+from tokred_methods.segments import split_segments
 
-from methods.centerclip import CenterCLIP
 from tokred import TokenState
-from tokred.cluster import kmedoids, split_segments
 from tokred.spec import BackboneSpec
+from tokred.toolkits.cluster import kmedoids
 
 FIXTURE = Path(__file__).parent / "fixtures" / "centerclip_official_kmedoids.pt"
 CASES = ["B6-4,49", "B6-3,49"]
@@ -77,7 +78,7 @@ def test_reducer_keeps_the_official_medoid_tokens(official, case, segments, fd):
 
 def test_segments_are_clustered_segment_major_in_chunks(monkeypatch):
     # official order: all videos' segment 0, then segment 1, ...; chunks of split_size rows
-    import methods.centerclip as cc
+    import tokred_methods.centerclip as cc
 
     seen = []
 
@@ -107,13 +108,13 @@ def test_split_size_follows_the_official_backbone_rule():
 
 
 def test_spectral_empty_graph_is_positional_counted_and_warned_once(official, caplog):
-    import methods.centerclip as cc
+    import tokred_methods.centerclip as cc
 
     cc._WARNED.clear()
     red = CenterCLIP(segments=4, k=49, algorithm="spectral")  # the paper's sigma = 2
     red.setup(B32)
     s = _state(official["points"], 3)
-    with caplog.at_level(logging.WARNING, logger="methods.centerclip"):
+    with caplog.at_level(logging.WARNING, logger="tokred_methods.centerclip"):
         out = red.pre_block(s, 6)
         red.pre_block(s, 6)
     _, points = split_segments(s.x, 1, 3)

@@ -1,6 +1,6 @@
 """The shared clustering routine equals plain loop implementations written here.
 
-Two modes (tokred.cluster): ``exact=True`` is checked against loops over exact distances;
+Two modes (tokred.toolkits.cluster): ``exact=True`` is checked against loops over exact distances;
 the default (official) mode against loops over the official distance values, chunk by chunk.
 Equality with the official code itself: tests/test_centerclip_fidelity.py.
 """
@@ -9,23 +9,22 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tokred_methods.segments import plan_segments, split_segments
 
-from tokred.cluster import (
+from tokred.spec import BackboneSpec
+from tokred.toolkits.cluster import (
     affinity,
     assign_points,
     kkz_init,
     kmedoids,
     nearest_self,
     pairwise_distance,
-    plan_segments,
     sigma_floor,
     spectral_embedding,
     spectral_kmedoids,
-    split_segments,
     sq_distance,
     update_medoids,
 )
-from tokred.spec import BackboneSpec
 
 
 def _points(rows=3, n=30, c=8, seed=0):

@@ -21,8 +21,8 @@ from tokred.cost import (
 )
 from tokred.cost.measure import PAPER_CONFIGS, main, measure, paper_reducers
 from tokred.cost.memory import activation_per_video, cuda_peak_mb, module_tensors, peak_rss_mb
-from tokred.cost.throughput import autocast
 from tokred.encoder import Trace, VideoEncoder
+from tokred.training.precision import autocast
 
 
 @pytest.fixture(autouse=True, scope="module")

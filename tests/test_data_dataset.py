@@ -12,15 +12,14 @@ from torch.utils.data import DataLoader
 from tokred.data import (
     CaptionDataset,
     Split,
-    SynthConfig,
     TrainDataset,
     VideoDataset,
     VideoDecodeError,
     collate,
-    generate,
     load_split,
 )
 from tokred.data import dataset as dataset_mod
+from tokred.synth import SynthConfig, generate
 
 
 @pytest.fixture(scope="module")

@@ -9,17 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from tokred.data import (
-    SynthConfig,
-    VideoDataset,
-    check_files,
-    generate,
-    load_meta,
-    load_split,
-    read_video,
-    twin_accuracy,
-)
-from tokred.data.synth import Scene, caption_keys, main, render
+from tokred.cli.synth import main
+from tokred.data import VideoDataset, check_files, load_split, read_video
+from tokred.retrieval.metrics import twin_accuracy
+from tokred.synth import SynthConfig, generate, load_meta
+from tokred.synth.scenes import Scene, caption_keys, render
 
 CFG = SynthConfig(seed=7, train_videos=8, test_videos=16, frames=8)
 FILES = ("MSRVTT_data.json", "MSRVTT_train.9k.csv", "MSRVTT_JSFUSION_test.csv", "synth_meta.json")
@@ -88,7 +82,7 @@ def test_twins_are_exact_reversals(pair: tuple[Path, Path]) -> None:
 
 def test_scene_reversal_renders_reversed_frames() -> None:
     rng = np.random.default_rng(0)
-    from tokred.data.synth import _random_scene
+    from tokred.synth.scenes import _random_scene
 
     for _ in range(20):
         s = _random_scene(rng, 0.5)

@@ -7,9 +7,11 @@ import os
 import torch
 import torch.multiprocessing as mp
 
-from tokred import distributed as D
-from tokred.retrieval import RetrievalModel, configure_trainable, make_optimizer
-from tokred.train import TrainConfig, train_step
+from tokred.retrieval import RetrievalModel
+from tokred.training import TrainConfig
+from tokred.training import distributed as D
+from tokred.training.loop import train_step
+from tokred.training.optim import configure_trainable, make_optimizer
 
 GLOBAL_BATCH = 4
 CAPTIONS = [

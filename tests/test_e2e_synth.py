@@ -8,9 +8,9 @@ import time
 import pytest
 import torch
 
-from tokred.data.synth import SynthConfig
-from tokred.evaluate import format_metrics
+from tokred.retrieval.evaluate import format_metrics
 from tokred.scale_bench import BenchConfig, evaluate_reducer, load_data, prepare_synth, train_base
+from tokred.synth import SynthConfig
 
 # Static captions only at test time ("a red circle and a blue square"): learnable in a minute.
 SYNTH = SynthConfig(
@@ -53,7 +53,7 @@ def test_scale_model_learns_synthetic_retrieval(tmp_path):
     assert res["t2v_MdR"] <= 10.5 / 3
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert saved["t2v_R@1"] == res["t2v_R@1"]
-    from tokred.metrics import load_similarity
+    from tokred.retrieval.metrics import load_similarity
 
     sim, cap_video, meta = load_similarity(tmp_path / "eval" / "sim.npz")
     assert sim.shape == (20, 20) and meta["dataset"] == "synthetic"

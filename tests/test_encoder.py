@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from tokred import create_reducer
-from tokred.backbone import OpenCLIPVisual, UnsupportedBackbone
+from tokred.backbones import OpenCLIPVisual, UnsupportedBackbone
 from tokred.encoder import VideoEncoder
 from tokred.models import create_clip
 

@@ -8,9 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tokred.backbone import OpenCLIPVisual
+from tokred.backbones import OpenCLIPVisual
 from tokred.encoder import VideoEncoder
-from tokred.lora import (
+from tokred.models import create_clip
+from tokred.training.lora import (
     LoRAWeight,
     add_lora,
     apply_lora,
@@ -19,7 +20,6 @@ from tokred.lora import (
     lora_parameters,
     mark_only_trainable,
 )
-from tokred.models import create_clip
 
 
 @pytest.fixture()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tokred.metrics import (
+from tokred.retrieval.metrics import (
     dual_softmax,
     load_similarity,
     retrieval_metrics,

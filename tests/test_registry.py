@@ -29,7 +29,7 @@ def test_list_reducers_imports_no_plugin():
 
 def test_create_loads_plugin_through_entry_point():
     r = create_reducer("tome", r=3)
-    assert type(r).__module__ == "methods.tome" and r.r == 3
+    assert type(r).__module__ == "tokred_methods.tome" and r.r == 3
 
 
 def test_unknown_reducer_suggests_close_matches():

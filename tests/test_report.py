@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tokred_experiments.plots import pareto_front
+from tokred_experiments.provenance import ProvenanceRecorder, destinations, provenance
+from tokred_experiments.records import append_record
+from tokred_experiments.report import QUALITY_COLS, _published_cost, write_report
+from tokred_experiments.tables import cost_frame, load_published, quality_frame
 
-from experiments.plots import pareto_front
-from experiments.provenance import ProvenanceRecorder, destinations, provenance
-from experiments.records import append_record
-from experiments.report import QUALITY_COLS, _published_cost, write_report
-from experiments.tables import cost_frame, load_published, quality_frame
 from tokred import create_reducer
 from tokred.encoder import VideoEncoder
-from tokred.ops import bipartite_match, merge_wavg
+from tokred.toolkits.merge import bipartite_match, merge_wavg
 
 
 def cost_rec(i: int, reducer: str, options: dict, gmacs: float, vps: float,
@@ -119,7 +119,7 @@ def test_destinations_equal_tome_matching_reference():
 
 @pytest.fixture(scope="module")
 def scale_backbone():
-    from tokred.backbone import OpenCLIPVisual
+    from tokred.backbones import OpenCLIPVisual
     from tokred.models import create_clip
 
     torch.manual_seed(0)
@@ -155,7 +155,7 @@ def test_recorder_does_not_change_the_output(scale_backbone):
 
 
 def test_setting_labels():
-    from experiments.tables import setting
+    from tokred_experiments.tables import setting
 
     assert setting("none", {}) == "none"
     assert setting("tempme", {"merge_frames": [2, 2, 3], "cross": 0.3}) == \
@@ -335,7 +335,7 @@ def test_spectral_rows_say_whether_the_graph_was_empty(tmp_path):
 def test_weights_facts_hash_and_release(tmp_path):
     import hashlib
 
-    from experiments.facts import weights_facts
+    from tokred_experiments.facts import weights_facts
 
     f = tmp_path / "ViT-B-32.pt"
     f.write_bytes(b"abc" * 1000)

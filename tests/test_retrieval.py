@@ -9,15 +9,17 @@ import torch
 import torch.nn.functional as F
 
 from tokred.retrieval import (
-    FROZEN_EMBEDDINGS,
     CaptionTokenizer,
     RetrievalModel,
     TextEncoder,
-    configure_trainable,
     contrastive_loss,
+    truncate_tokens,
+)
+from tokred.training.optim import (
+    FROZEN_EMBEDDINGS,
+    configure_trainable,
     make_optimizer,
     make_scheduler,
-    truncate_tokens,
 )
 
 EOT = 49407
@@ -131,7 +133,7 @@ def test_optimizer_excludes_norms_biases_and_scale_from_decay(tiny_model):
 
 
 def test_time_budget_schedule_follows_the_clock_when_behind():
-    from tokred.retrieval import WarmupCosine
+    from tokred.training.optim import WarmupCosine
 
     sched = WarmupCosine(total_steps=100, warmup=0.1, budget_s=60.0)
     sched.set_elapsed(0.0)

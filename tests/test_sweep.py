@@ -12,11 +12,17 @@ import time
 from pathlib import Path
 
 import pytest
+from tokred_experiments.cache import cached_step, step_result
+from tokred_experiments.config import ConfigError, load_config
+from tokred_experiments.records import (
+    append_record,
+    load_results,
+    merge_files,
+    read_records,
+    trial_id,
+)
 
 from experiments import sweep
-from experiments.cache import cached_step, step_result
-from experiments.config import ConfigError, load_config
-from experiments.records import append_record, load_results, merge_files, read_records, trial_id
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -205,7 +211,7 @@ def test_failing_trial_is_recorded_and_retried(tmp_path, monkeypatch):
 def test_kill_mid_trial_then_resume_runs_every_trial_once(tmp_path):
     cfg = write(tmp_path, COST.replace("repeats: 1", "repeats: 3"))
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "experiments.sweep", "--config", str(cfg), "--out", str(out),
+    cmd = [sys.executable, "-m", "tokred_experiments.sweep", "--config", str(cfg), "--out", str(out),
            "--no-report", "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,

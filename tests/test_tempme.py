@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tokred_methods.tempme import TempMe
+from tokred_methods.tome import ToMe
 
-from methods.tempme import TempMe
-from methods.tome import ToMe
 from tokred import BackboneSpec, TokenState, create_reducer
-from tokred.backbone import OpenCLIPVisual
+from tokred.backbones import OpenCLIPVisual
 from tokred.cost import gmacs
 from tokred.encoder import VideoEncoder
-from tokred.lora import apply_lora, fold_lora, lora_parameters, mark_only_trainable
 from tokred.models import create_clip
+from tokred.training.lora import apply_lora, fold_lora, lora_parameters, mark_only_trainable
 
 B32_ATTN = list(range(600, 431, -24)) + [288, 186, 118, 107]
 B32_MLP = list(range(576, 407, -24)) + [264, 168, 107, 97]
@@ -185,7 +185,7 @@ def test_join_order_at_the_first_clipme_layer():
 
 
 def test_temporal_embedding_changes_values_not_matches(monkeypatch):
-    import methods.tempme as mod
+    import tokred_methods.tempme as mod
 
     seen, original = [], mod.bipartite_match
 

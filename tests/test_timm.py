@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from tokred import create_reducer
-from tokred.backbone import UnsupportedBackbone
-from tokred.backbone_timm import TimmViT
+from tokred.backbones import UnsupportedBackbone
+from tokred.backbones.timmvit import TimmViT
 from tokred.cost import fvcore_video_macs, visual_macs
 from tokred.encoder import VideoEncoder
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tokred_methods.tome import ToMe, parse_r
 
-from methods.tome import ToMe, parse_r
 from tokred import create_reducer
 from tokred.cost import gmacs
 from tokred.encoder import VideoEncoder
-from tokred.ops import bipartite_match, merge_wavg
+from tokred.toolkits.merge import bipartite_match, merge_wavg
 
 
 def per_frame(trace):

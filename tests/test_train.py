@@ -10,11 +10,14 @@ import pytest
 import torch
 from test_ddp import CAPTIONS, tiny_clip
 
-from tokred import distributed as D
-from tokred.evaluate import embed_split, load_model
-from tokred.models import EMBEDDED_MODELS
-from tokred.retrieval import RetrievalModel, configure_trainable, make_optimizer
-from tokred.train import TrainConfig, config_from_args, epoch_batches, train, train_step
+from tokred.backbones.embedded import EMBEDDED_MODELS
+from tokred.cli.train import config_from_args
+from tokred.retrieval import RetrievalModel
+from tokred.retrieval.evaluate import embed_split, load_model
+from tokred.training import TrainConfig, train
+from tokred.training import distributed as D
+from tokred.training.loop import epoch_batches, train_step
+from tokred.training.optim import configure_trainable, make_optimizer
 
 TINY = {
     "embed_dim": 16,
@@ -25,7 +28,7 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    from tokred.data.synth import SynthConfig, generate
+    from tokred.synth import SynthConfig, generate
 
     out = tmp_path_factory.mktemp("synth")
     return generate(out, SynthConfig(train_videos=16, test_videos=8, frames=4, size=32, workers=1))
@@ -109,7 +112,7 @@ def test_corrupt_video_stops_before_training_or_is_skipped(synth, tmp_path, tiny
     with pytest.raises(VideoDecodeError, match="video5"):
         train(_cfg(root, tmp_path / "run"))
     assert not (tmp_path / "run" / "last.pt").exists()
-    with caplog.at_level("WARNING", logger="tokred.train"):
+    with caplog.at_level("WARNING", logger="tokred.training"):
         stats = train(_cfg(root, tmp_path / "skip", skip_errors=True))
     assert stats["steps"] == 6
     assert "leaving out 1 undecodable training videos: video5" in caplog.text
@@ -182,7 +185,7 @@ def test_lora_finetune_saves_folded_weights_that_reload_equal(synth, tmp_path, t
 
 
 def test_patch_dropout_drops_patches_in_training_only(tiny):
-    from tokred.train import build_for_training
+    from tokred.training.build import build_for_training
 
     torch.manual_seed(0)
     plain = build_for_training(TrainConfig(model=tiny, mode="scratch", frames=2), "cpu")
@@ -229,7 +232,7 @@ def test_training_with_patch_dropout_runs_and_saves(synth, tmp_path, tiny):
 
 
 def test_frame_pool_feeds_jittered_frames_to_training(synth, tmp_path, tiny):
-    from tokred.train import make_dataset
+    from tokred.training.cache import make_dataset
 
     with pytest.raises(ValueError, match="frame_pool=1 must be at least train_frames"):
         TrainConfig(frames=2, frame_pool=1)

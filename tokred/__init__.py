@@ -1,15 +1,19 @@
 """tokred: token reduction for CLIP-based text-video retrieval."""
 
-from .reducer import Chain, TokenReducer
-from .registry import (
+from tokred.reducer import Chain, TokenReducer
+from tokred.registry import (
     create_reducer,
     get_reducer_class,
     list_reducers,
+    paper_presets,
+    preset_of,
     reducer_options,
+    reducer_presets,
     register_reducer,
+    resolve_options,
 )
-from .spec import BackboneSpec
-from .state import TokenState
+from tokred.spec import BackboneSpec
+from tokred.state import TokenState
 
 __version__ = "0.1.0"
 
@@ -21,6 +25,10 @@ __all__ = [
     "create_reducer",
     "get_reducer_class",
     "list_reducers",
+    "paper_presets",
+    "preset_of",
     "reducer_options",
+    "reducer_presets",
     "register_reducer",
+    "resolve_options",
 ]

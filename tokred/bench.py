@@ -7,10 +7,10 @@ import json
 
 import torch
 
-from .cost.analytic import gmacs
-from .cost.throughput import environment, time_calls
-from .models import create_video_encoder
-from .registry import create_reducer
+from tokred.cost.analytic import gmacs
+from tokred.cost.timing import environment, time_calls
+from tokred.models import create_video_encoder
+from tokred.registry import create_reducer
 
 
 def parse_reducer(text: str) -> tuple[str, dict]:

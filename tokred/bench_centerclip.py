@@ -20,11 +20,11 @@ import logging
 
 import torch
 
-from .cost.analytic import gmacs
-from .cost.throughput import Timing, environment, time_calls
-from .models import create_video_encoder
-from .registry import create_reducer
-from .state import TokenState
+from tokred.cost.analytic import gmacs
+from tokred.cost.timing import Timing, environment, time_calls
+from tokred.models import create_video_encoder
+from tokred.registry import create_reducer
+from tokred.state import TokenState
 
 log = logging.getLogger(__name__)
 

@@ -20,14 +20,14 @@ import json
 import torch
 import torch.nn.functional as F
 
-from .backbone import OpenCLIPVisual
-from .cost.analytic import gmacs
-from .cost.memory import MB, activation_per_video, cuda_peak_mb, module_tensors
-from .cost.throughput import Timing, environment, time_calls
-from .encoder import VideoEncoder
-from .lora import apply_lora, mark_only_trainable
-from .models import create_clip
-from .registry import create_reducer
+from tokred.backbones import OpenCLIPVisual
+from tokred.cost.analytic import gmacs
+from tokred.cost.memory import MB, activation_per_video, cuda_peak_mb, module_tensors
+from tokred.cost.timing import Timing, environment, time_calls
+from tokred.encoder import VideoEncoder
+from tokred.models import create_clip
+from tokred.registry import create_reducer
+from tokred.training.lora import apply_lora, mark_only_trainable
 
 REDUCERS = ("none", "tempme")
 

@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbone import ViTAdapter
-from .reducer import TokenReducer
-from .spec import BackboneSpec
-from .state import TokenState
+from tokred.backbones.base import ViTAdapter
+from tokred.reducer import TokenReducer
+from tokred.spec import BackboneSpec
+from tokred.state import TokenState
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class VideoEncoder(nn.Module):
     """CLIP4Clip-style meanP video encoder with a token reducer inside the ViT.
 
     Args:
-        backbone: a :class:`~tokred.backbone.ViTAdapter` (e.g. ``OpenCLIPVisual(model.visual)``).
+        backbone: a :class:`~tokred.backbones.ViTAdapter` (e.g. ``OpenCLIPVisual(model.visual)``).
         reducer: the token reducer (identity when None).
         frames: clip length ``T`` the reducer is set up for; another ``T`` at forward time
             re-runs the reducer's setup (which raises if its schedule cannot apply).

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 from torch import Tensor, nn
 
-from .spec import BackboneSpec
-from .state import TokenState
+from tokred.spec import BackboneSpec
+from tokred.state import TokenState
 
 
 class TokenReducer(nn.Module):
@@ -25,9 +27,16 @@ class TokenReducer(nn.Module):
         prop_attn: if True the encoder adds ``log(size)`` of every key to the attention logits
             (proportional attention, ToMe).
         spec: the backbone spec given to :meth:`setup` (None before).
+        presets: the papers' settings by tag, e.g. ``{"B6-4-49": {"layer": 6, ...}}``: the one
+            source of every published setting (``create_reducer(name, preset=tag)``, or the
+            spec ``"name.tag"``; see :mod:`tokred.registry`).
+        paper: per backbone name, the tags of the settings its papers report
+            (``tokred measure --reducer paper`` runs them).
     """
 
     prop_attn: bool = False
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    paper: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __init__(self) -> None:
         super().__init__()
@@ -63,6 +72,10 @@ class TokenReducer(nn.Module):
             trace: the :class:`tokred.encoder.Trace` of a forward with this reducer.
         """
         return 0.0
+
+    def diagnostics(self) -> dict[str, Any]:
+        """Counters a run should record (e.g. degenerate cases met); never read by a forward."""
+        return {}
 
 
 class Chain(TokenReducer):
@@ -100,3 +113,6 @@ class Chain(TokenReducer):
 
     def work_macs(self, trace) -> float:
         return sum(r.work_macs(trace) for r in self.reducers)
+
+    def diagnostics(self) -> dict[str, Any]:
+        return {k: v for r in self.reducers for k, v in r.diagnostics().items()}

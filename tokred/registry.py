@@ -1,8 +1,13 @@
-"""Reducer registry: ``@register_reducer`` plus discovery through entry points.
+"""Reducer registry: ``@register_reducer`` plus discovery through entry points, and presets.
 
 Built-in reducers and third-party packages use the same entry-point group
 (``tokred.reducers``): the entry point gives the address, the decorator gives the name.
 ``list_reducers()`` reads entry-point metadata only and imports no plugin.
+
+Presets are the papers' settings, declared on each reducer class (``TokenReducer.presets``):
+``create_reducer("centerclip", preset="B6-4-49")`` or the spec ``"centerclip.B6-4-49"``; explicit
+options override a preset's. They are the one source of every published setting for measure,
+the sweep configs, the published-numbers table and the tests.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import inspect
 from importlib import metadata
 from typing import Any, Callable
 
-from .reducer import TokenReducer
+from tokred.reducer import TokenReducer
 
 GROUP = "tokred.reducers"
 _REGISTRY: dict[str, type[TokenReducer]] = {}
@@ -99,13 +104,70 @@ def reducer_options(name: str) -> dict[str, Any]:
     }
 
 
-def create_reducer(name: str, **options: Any) -> TokenReducer:
-    """Instantiate reducer ``name`` with keyword ``options``.
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """``"centerclip.B6-4-49"`` -> ``("centerclip", "B6-4-49")``; ``"tome"`` -> ``("tome", None)``."""
+    name, dot, tag = spec.partition(".")
+    return name, (tag if dot else None)
+
+
+def reducer_presets(name: str) -> dict[str, dict[str, Any]]:
+    """The presets (tag -> options) of reducer ``name``."""
+    return dict(get_reducer_class(split_spec(name)[0]).presets)
+
+
+def paper_presets(name: str, backbone: str) -> list[str]:
+    """Tags of the settings the papers report for reducer ``name`` on ``backbone``."""
+    return list(get_reducer_class(name).paper.get(backbone, ()))
+
+
+def resolve_options(name: str, preset: str | None = None, **options: Any) -> tuple[str, dict]:
+    """``(reducer name, options)`` for a name or ``name.tag`` spec, a preset and overrides.
 
     Raises:
-        KeyError: unknown reducer.
+        KeyError: unknown reducer or preset (naming the available presets and close matches).
+    """
+    name, tag = split_spec(name)
+    if tag is not None and preset is not None and tag != preset:
+        raise KeyError(f"reducer spec {name}.{tag} and preset={preset!r} disagree; give one")
+    tag = tag if tag is not None else preset
+    if tag is None:
+        return name, dict(options)
+    presets = get_reducer_class(name).presets
+    if tag not in presets:
+        close = difflib.get_close_matches(tag, list(presets), n=2)
+        hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+        raise KeyError(f"reducer {name!r} has no preset {tag!r}.{hint} Presets: "
+                       f"{', '.join(presets) or '(none)'}")
+    return name, {**presets[tag], **options}
+
+
+def preset_of(name: str, options: dict[str, Any]) -> str | None:
+    """The tag of the preset ``options`` amount to (defaults filled in), or None."""
+    try:
+        cls = get_reducer_class(name)
+        defaults = reducer_options(name)
+    except (KeyError, ValueError, ImportError):
+        return None
+    full = _plain({**defaults, **options})
+    for tag, opts in cls.presets.items():
+        if _plain({**defaults, **opts}) == full:
+            return tag
+    return None
+
+
+def _plain(options: dict[str, Any]) -> dict[str, Any]:
+    """Tuples as lists, so ``(8, 9, 10)`` (a default) equals ``[8, 9, 10]`` (from YAML)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
+
+
+def create_reducer(name: str, preset: str | None = None, **options: Any) -> TokenReducer:
+    """Instantiate reducer ``name`` (or ``"name.tag"``) with a preset and keyword ``options``.
+
+    Raises:
+        KeyError: unknown reducer or preset.
         TypeError: unknown option, naming the valid ones and close matches.
     """
+    name, options = resolve_options(name, preset, **options)
     cls = get_reducer_class(name)
     valid = reducer_options(name)
     for key in options:

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from .data.synth import TYPES, SynthConfig
-from .evaluate import evaluate, load_model, load_videos
-from .train import TrainConfig, train
+from tokred.retrieval.evaluate import evaluate, load_model, load_videos
+from tokred.synth import TYPES, SynthConfig
+from tokred.training import TrainConfig, train
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class BenchData:
 
 def prepare_synth(out_dir: str | Path, cfg=None) -> dict:
     """Generate the synthetic benchmark into ``out_dir`` unless it is already there."""
-    from .data.synth import SynthConfig, generate
+    from tokred.synth import SynthConfig, generate
 
     cfg = cfg or SynthConfig()
     out = Path(out_dir)
@@ -126,7 +126,8 @@ def load_data(
     finetune: bool = True,
 ) -> BenchData:
     """Decode and preprocess both splits once (batched); ``finetune`` adds 12-frame train clips."""
-    from .data import load_meta, load_split
+    from tokred.data import load_split
+    from tokred.synth import load_meta
 
     t0 = time.perf_counter()
     train_split, test_split = (
@@ -216,7 +217,7 @@ def evaluate_reducer(
     finetuned: bool = False,
 ) -> dict:
     """Evaluate ``ckpt`` with ``reducer`` on the synthetic test split (+ visual GMACs)."""
-    from .cost.analytic import gmacs
+    from tokred.cost.analytic import gmacs
 
     model = load_model(ckpt, reducer, options, frames=data.test_clips.shape[1])
     res = evaluate(model, data.test, videos=data.test_clips, synth_meta=data.meta, out=out)
@@ -252,7 +253,7 @@ def _strip(stats: dict, **kw) -> dict:
 
 def run(cfg: BenchConfig) -> list[dict]:
     """The whole benchmark; appends every record to ``out/results.jsonl``."""
-    from .registry import list_reducers
+    from tokred.registry import list_reducers
 
     cfg = replace(cfg, threads=cfg.threads or pick_threads())
     torch.set_num_threads(cfg.threads)

@@ -1,12 +1,11 @@
 """Cost of a forward: analytic MACs from the token trace, the fvcore cross-check, memory and
 throughput. ``tokred measure`` (:mod:`tokred.cost.measure`) puts them in one record."""
 
-from .analytic import block_macs, gmacs, text_macs, visual_macs
-from .flops import FvcoreCount, count_macs, fvcore_video_macs
-from .memory import activation_bytes, activation_per_video, cuda_peak_mb, peak_rss_mb
-from .throughput import (
+from tokred.cost.analytic import block_macs, gmacs, text_macs, visual_macs
+from tokred.cost.flops import FvcoreCount, count_macs, fvcore_video_macs
+from tokred.cost.memory import activation_bytes, activation_per_video, cuda_peak_mb, peak_rss_mb
+from tokred.cost.timing import (
     Timing,
-    autocast,
     environment,
     inference_throughput,
     interleaved_throughput,
@@ -20,7 +19,6 @@ __all__ = [
     "Timing",
     "activation_bytes",
     "activation_per_video",
-    "autocast",
     "block_macs",
     "count_macs",
     "cuda_peak_mb",

@@ -9,7 +9,7 @@ MLP hidden width ``F``: ``4 n D^2`` (qkv and output projections) + ``2 n^2 D`` (
 
 from __future__ import annotations
 
-from ..encoder import Trace
+from tokred.encoder import Trace
 
 
 def block_macs(n: int, m: int, width: int, mlp_hidden: int) -> int:

@@ -1,7 +1,7 @@
 """fvcore cross-check of the analytic MACs, with every multiply-add op of the encoder counted.
 
 fvcore calls one multiply-add one "flop": its totals are MACs (FLOPs = 2 x MACs). Out of the box
-it skips ``aten::scaled_dot_product_attention`` (the attention of :mod:`tokred.backbone` and of
+it skips ``aten::scaled_dot_product_attention`` (the attention of :mod:`tokred.backbones` and of
 timm) and, in eval under ``no_grad``/``inference_mode``, the whole fused
 ``aten::_native_multi_head_attention`` of ``nn.MultiheadAttention`` (qkv and output projections
 included): open_clip's ViT-B/32 then reads 35.4 instead of 52.9 GMACs. The handles below count
@@ -226,7 +226,7 @@ class _Traced(nn.Module):
         self.encoder, self.trace = encoder, trace
 
     def forward(self, video: Tensor) -> Tensor:
-        from ..encoder import mean_pool
+        from tokred.encoder import mean_pool
 
         return mean_pool(self.encoder.encode_frames(video, self.trace))
 

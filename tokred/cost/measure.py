@@ -22,12 +22,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..encoder import Trace, VideoEncoder
-from ..registry import create_reducer
-from .analytic import text_macs, visual_macs
-from .memory import MB, activation_per_video, cuda_peak_mb, module_tensors, peak_rss_mb
-from .throughput import (
-    autocast,
+from tokred.cost.analytic import text_macs, visual_macs
+from tokred.cost.memory import MB, activation_per_video, cuda_peak_mb, module_tensors, peak_rss_mb
+from tokred.cost.timing import (
     environment,
     fixed_video,
     inference_throughput,
@@ -35,6 +32,9 @@ from .throughput import (
     make_train_step,
     train_step_time,
 )
+from tokred.encoder import Trace, VideoEncoder
+from tokred.registry import create_reducer
+from tokred.training.precision import autocast
 
 log = logging.getLogger(__name__)
 TIMM_PREFIX = "timm:"
@@ -54,7 +54,7 @@ def paper_reducers(model: str) -> list[tuple[str, dict]]:
 
     timm models run in image mode, where only ``none`` and ``tome`` apply.
     """
-    from ..registry import list_reducers
+    from tokred.registry import list_reducers
 
     table = PAPER_CONFIGS.get(model, {})
     names = ["tome"] if model.startswith(TIMM_PREFIX) else list_reducers()
@@ -81,7 +81,7 @@ def clock_fn(name: str, device: str = "cpu") -> Callable[[], float]:
 
 
 class LoRAUnavailable(RuntimeError):
-    """LoRA cannot be applied to this model (no tokred.lora, or not an open_clip tower)."""
+    """LoRA cannot be applied to this model (no tokred.training.lora, or not an open_clip tower)."""
 
 
 @dataclass
@@ -112,7 +112,7 @@ def build(
     OpenAI architectures even with random weights: it keeps one more tensor for backward).
 
     Raises:
-        LoRAUnavailable: ``lora=True`` on a timm model or without :mod:`tokred.lora`.
+        LoRAUnavailable: ``lora=True`` on a timm model or without :mod:`tokred.training.lora`.
         ValueError: ``quick_gelu=True`` for a timm model (timm's ViTs are GELU).
     """
     torch.manual_seed(seed)
@@ -124,13 +124,13 @@ def build(
             raise ValueError(f"quick_gelu=True is for open_clip CLIPs, not {model}")
         import timm
 
-        from ..backbone_timm import TimmViT
+        from tokred.backbones.timmvit import TimmViT
 
         host = timm.create_model(model[len(TIMM_PREFIX) :], pretrained=False).to(device)
         backbone = TimmViT(host, model)
     else:
-        from ..backbone import OpenCLIPVisual
-        from ..models import create_clip
+        from tokred.backbones import OpenCLIPVisual
+        from tokred.models import create_clip
 
         host = create_clip(model, device=device, quick_gelu=quick_gelu)
         backbone = OpenCLIPVisual(host.visual, model)
@@ -138,9 +138,9 @@ def build(
     trainable = sum(p.numel() for p in host.parameters()) + sum(p.numel() for p in red.parameters())
     if lora:
         try:
-            from .. import lora as lora_mod
+            from tokred.training import lora as lora_mod
         except ImportError as err:
-            raise LoRAUnavailable(f"tokred.lora cannot be imported: {err}") from err
+            raise LoRAUnavailable(f"tokred.training.lora cannot be imported: {err}") from err
         lora_mod.apply_lora(host, rank=8)
         trainable = lora_mod.mark_only_trainable(host, extra=red.parameters())
     return Built(enc.eval(), host.eval(), trainable)
@@ -203,7 +203,7 @@ def analytic_record(built: Built, frames: int, text_tokens: int) -> dict:
 
 
 def fvcore_record(built: Built, frames: int, rec: dict) -> dict:
-    from .flops import fvcore_video_macs
+    from tokred.cost.flops import fvcore_video_macs
 
     c = fvcore_video_macs(built.encoder, frames)
     expected = rec["gmacs"] + rec["readout_gmacs"] + rec["reducer_work_gmacs"]
@@ -364,7 +364,7 @@ def measure(
     ``clock="cpu"`` times with the process CPU time (see :data:`CLOCKS`). ``quick_gelu``: see
     :func:`build`; the record's ``activation`` says which one the measured network used.
     """
-    from ..models import activation_of
+    from tokred.backbones.weights import activation_of
 
     tick = clock_fn(clock, device)
     built = build(model_name, reducer_name, options, frames, device=device, quick_gelu=quick_gelu)
@@ -513,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _measure_model(model: str, a: argparse.Namespace) -> list[dict]:
     """All reducer records of one model; speed interleaved over rounds when asked."""
-    from ..bench import parse_reducer
+    from tokred.bench import parse_reducer
 
     frames = a.timm_frames if model.startswith(TIMM_PREFIX) else a.frames
     specs = (paper_reducers(model) if a.reducers == ["paper"]

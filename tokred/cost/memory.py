@@ -168,7 +168,7 @@ def peak_rss_mb(job: dict, timeout: float = 900.0) -> dict:
 
 
 def _child(argv: list[str]) -> int:
-    from .measure import rss_job
+    from tokred.cost.measure import rss_job
 
     job = json.loads(argv[0])
     threads = job.pop("threads", None)

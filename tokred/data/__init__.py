@@ -1,11 +1,10 @@
-"""Video data: decoding and sampling, CLIP preprocessing, dataset readers, torch datasets, and
-the synthetic benchmark."""
+"""Video data: decoding and sampling, CLIP preprocessing, dataset readers, torch datasets
+(the synthetic benchmark is :mod:`tokred.synth`)."""
 
 from __future__ import annotations
 
 from tokred.data.dataset import CaptionDataset, FrameSource, TrainDataset, VideoDataset, collate
 from tokred.data.readers import READERS, Split, VideoItem, check_files, load_split
-from tokred.data.synth import SynthConfig, SynthMeta, generate, load_meta, twin_accuracy
 from tokred.data.transforms import CLIP_MEAN, CLIP_STD, ClipTransform, clip_preprocess
 from tokred.data.video import (
     DECODERS,
@@ -27,8 +26,6 @@ __all__ = [
     "ClipTransform",
     "FrameSource",
     "Split",
-    "SynthConfig",
-    "SynthMeta",
     "TrainDataset",
     "VideoDataset",
     "VideoDecodeError",
@@ -36,12 +33,9 @@ __all__ = [
     "check_files",
     "clip_preprocess",
     "collate",
-    "generate",
-    "load_meta",
     "load_split",
     "probe_video",
     "read_video",
     "sample_indices",
-    "twin_accuracy",
     "uniform_indices",
 ]

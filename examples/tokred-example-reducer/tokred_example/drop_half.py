@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from tokred import BackboneSpec, TokenReducer, TokenState, register_reducer
-from tokred.ops import keep_tokens
+from tokred.toolkits.merge import keep_tokens
 
 
 @register_reducer("drop_half")

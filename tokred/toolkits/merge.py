@@ -95,8 +95,13 @@ def merge_wavg(match: Match | None, x: Tensor, size: Tensor) -> tuple[Tensor, Te
 
 
 def keep_tokens(x: Tensor, idx: Tensor) -> Tensor:
-    """Gather ``idx [R, K]`` tokens of ``x [R, N, C]`` -> ``[R, K, C]`` (differentiable in x)."""
-    return x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
+    """Gather ``idx [R, K]`` entries of ``x [R, N, ...]`` -> ``[R, K, ...]`` (differentiable in x).
+
+    Flat row indexing: several times faster on CPU than ``gather`` with an expanded index.
+    """
+    rows, n = x.shape[:2]
+    flat = idx + torch.arange(rows, device=idx.device)[:, None] * n  # [R, K]
+    return x.flatten(0, 1)[flat]
 
 
 def join_groups(x: Tensor, prefix: int, f: int) -> Tensor:

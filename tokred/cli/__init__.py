@@ -1,27 +1,45 @@
-"""The ``tokred`` command. Each subcommand is a ``main(argv) -> int`` in its own module,
-imported only when used, so tests can call ``tokred.cli.main([...])`` without a subprocess."""
+"""The ``tokred`` command. Each subcommand is a ``main(argv) -> int`` in its own module, imported
+only when used, so tests can call ``tokred.cli.main([...])`` without a subprocess.
+
+The library's own commands are listed here; applications add theirs through the entry-point
+group ``tokred.commands`` (the sweep runner in ``experiments/`` declares ``sweep``, ``report``
+and ``merge`` there), so the library never imports them.
+"""
 
 from __future__ import annotations
 
 import importlib
 import logging
 import sys
+from importlib import metadata
 
+COMMAND_GROUP = "tokred.commands"
 COMMANDS = {
     "list": ("tokred.cli:list_main", "list the available reducers and their options"),
     "bench": ("tokred.bench:main", "speed of reducers vs none on random weights"),
     "bench-centerclip": ("tokred.bench_centerclip:main", "CenterCLIP speed, incl. time in clustering"),
     "bench-tempme": ("tokred.bench_tempme:main", "TempMe speed and LoRA training step vs none"),
     "measure": ("tokred.cost.measure:main", "GMACs (analytic + fvcore), memory, throughput records"),
-    "synth": ("tokred.data.synth:main", "generate the synthetic video-text benchmark"),
-    "train": ("tokred.train:main", "fine-tune a retrieval model (full or LoRA; DDP via torchrun)"),
-    "eval": ("tokred.evaluate:main", "evaluate retrieval (R@K, MdR, MnR, R-Sum)"),
+    "synth": ("tokred.cli.synth:main", "generate the synthetic video-text benchmark"),
+    "train": ("tokred.cli.train:main", "fine-tune a retrieval model (full or LoRA; DDP via torchrun)"),
+    "eval": ("tokred.cli.eval:main", "evaluate retrieval (R@K, MdR, MnR, R-Sum)"),
     "scale-bench": ("tokred.scale_bench:main", "SYNTHETIC quality benchmark of every reducer"),
 }
+PLUGIN_HELP = {"sweep": "run a sweep config (cost, quality, provenance trials) and its report",
+               "report": "tables and figures from sweep results",
+               "merge": "merge the results files of several sweep runs or shards"}
+
+
+def commands() -> dict[str, tuple[str, str]]:
+    """The library's commands plus those declared in the ``tokred.commands`` entry points."""
+    found = dict(COMMANDS)
+    for ep in metadata.entry_points(group=COMMAND_GROUP):
+        found.setdefault(ep.name, (ep.value, PLUGIN_HELP.get(ep.name, f"from {ep.value}")))
+    return found
 
 
 def list_main(argv: list[str] | None = None) -> int:
-    from .registry import list_reducers, reducer_options
+    from tokred.registry import list_reducers, reducer_options
 
     for name in list_reducers():
         try:
@@ -34,23 +52,24 @@ def list_main(argv: list[str] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    table = commands()
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: tokred COMMAND [options]\n\ncommands:")
-        for name, (_, text) in COMMANDS.items():
+        for name, (_, text) in table.items():
             print(f"  {name:<17} {text}")
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
-    if cmd not in COMMANDS:
+    if cmd not in table:
         import difflib
 
-        close = difflib.get_close_matches(cmd, COMMANDS)
+        close = difflib.get_close_matches(cmd, table)
         print(f"tokred: unknown command {cmd!r}" + (f"; did you mean {close[0]!r}?" if close else "")
-              + f" Commands: {', '.join(COMMANDS)}", file=sys.stderr)
+              + f" Commands: {', '.join(table)}", file=sys.stderr)
         return 2
     # open_clip logs model building on the root logger at INFO: keep the console for results.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("tokred").setLevel(logging.INFO)
-    module, _, func = COMMANDS[cmd][0].partition(":")
+    module, _, func = table[cmd][0].partition(":")
     return int(getattr(importlib.import_module(module), func)(rest) or 0)
 
 

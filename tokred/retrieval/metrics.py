@@ -159,7 +159,7 @@ def twin_accuracy(sim: ArrayLike, pairs: list[tuple[int, int]], tol: float = 1e-
 
     Args:
         sim: Similarities ``[num_captions, num_videos]`` of the test split.
-        pairs: Twin pairs, e.g. ``tokred.data.synth.load_meta(dir).twin_pairs``.
+        pairs: Twin pairs, e.g. ``tokred.synth.load_meta(dir).twin_pairs``.
         tol: Tie tolerance on similarity differences.
 
     Returns:

@@ -1,14 +1,13 @@
 """Retrieval evaluation: t2v / v2t R@1/5/10, MdR, MnR, R-Sum over every caption of a split.
 
 The similarity matrix ``[captions, videos]`` is saved (``sim.npz``, see
-:func:`tokred.metrics.save_similarity`) so post-processing such as DSL or QB-Norm can be applied
+:func:`tokred.retrieval.metrics.save_similarity`) so post-processing such as DSL or QB-Norm can be applied
 offline and reported as a separately labelled extra. On the synthetic benchmark the metrics are
 also broken down per caption type, with the time-reversed twin-pair accuracy.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -17,8 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .metrics import rank_summary, retrieval_metrics, save_similarity, t2v_ranks, v2t_ranks
-from .retrieval import RetrievalModel, build_model
+from tokred.retrieval import RetrievalModel, build_model
+from tokred.retrieval.metrics import (
+    rank_summary,
+    retrieval_metrics,
+    save_similarity,
+    t2v_ranks,
+    v2t_ranks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +63,14 @@ def load_model(
         ValueError: a CLIP file whose architecture is neither given nor inferable, or
             ``model_name`` contradicting a tokred checkpoint's meta.
     """
-    from .checkpoint import extract_clip_state_dict, load_clip_state_dict, read_checkpoint
-    from .models import infer_clip_name, meta_activation, weights_activation
+    from tokred.backbones.weights import (
+        extract_clip_state_dict,
+        infer_clip_name,
+        load_clip_state_dict,
+        meta_activation,
+        read_checkpoint,
+        weights_activation,
+    )
 
     ck = read_checkpoint(path)
     meta = ck.get("meta") if isinstance(ck, dict) else None
@@ -107,7 +118,7 @@ def load_videos(
     Preprocessing runs on ``chunk`` videos at once (one resize call over all their frames),
     several times faster than clip by clip; the values equal per-clip preprocessing.
     """
-    from .data import FrameSource, check_files
+    from tokred.data import FrameSource, check_files
 
     check_files(split)
     src = FrameSource(split, num_frames=frames, image_size=image_size, sampling=sampling)
@@ -124,7 +135,7 @@ def embed_split(
     precision: str = "fp32",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Text ``[C, D]`` and video ``[V, D]`` features (float32, L2-normalised)."""
-    from .train import autocast
+    from tokred.training.precision import autocast
 
     model.eval()
     device = next(model.parameters()).device
@@ -166,7 +177,7 @@ def evaluate(
         dataset: label stored in the results (``"synthetic"`` whenever ``synth_meta`` is given).
 
     Returns:
-        Plain dict: the metrics of :func:`tokred.metrics.retrieval_metrics`, chance levels,
+        Plain dict: the metrics of :func:`tokred.retrieval.metrics.retrieval_metrics`, chance levels,
         ``num_captions``, ``num_videos``, ``eval_s``, and with ``synth_meta`` ``per_type`` and
         ``twin_accuracy``.
     """
@@ -197,7 +208,7 @@ def _metrics(sim: torch.Tensor, caption_video: np.ndarray, synth_meta) -> dict:
     res.update(num_captions=int(sim.shape[0]), num_videos=int(n_vid))
     if synth_meta is not None:
         res["per_type"] = per_type_metrics(sim, caption_video, synth_meta.types)
-        from .data import twin_accuracy
+        from tokred.retrieval.metrics import twin_accuracy
 
         res["twin_accuracy"] = twin_accuracy(sim, synth_meta.twin_pairs)
         res["twin_pairs"] = len(synth_meta.twin_pairs)
@@ -264,43 +275,3 @@ def format_metrics(res: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``tokred eval``: evaluate a tokred checkpoint, or a CLIP checkpoint zero-shot, on a split."""
-    ap = argparse.ArgumentParser(prog="tokred eval", description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", required=True,
-                    help="tokred model.pt (from tokred train), or a CLIP checkpoint for "
-                    "zero-shot: OpenAI state dict / TorchScript .pt, CLIP4Clip pytorch_model.bin.N")
-    ap.add_argument("--model", default=None,
-                    help="CLIP architecture of a checkpoint without tokred meta (e.g. ViT-B-32; "
-                    "inferred from the weights when possible)")
-    ap.add_argument("--quick-gelu", action=argparse.BooleanOptionalAction, default=None,
-                    help="override the MLP activation (default: the checkpoint's; QuickGELU "
-                    "for CLIP files)")
-    ap.add_argument("--data", default="msrvtt", help="dataset kind (tokred.data.READERS)")
-    ap.add_argument("--root", required=True, help="annotation directory")
-    ap.add_argument("--split", default="test")
-    ap.add_argument("--video-root", default=None)
-    ap.add_argument("--reducer", default=None, help="evaluate with this reducer instead")
-    ap.add_argument("--reducer-options", type=json.loads, default=None, help="JSON options")
-    ap.add_argument("--frames", type=int, default=12)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
-    ap.add_argument("--out", default=None, help="directory for sim.npz and metrics.json")
-    a = ap.parse_args(argv)
-    from .data import load_meta, load_split
-
-    split = load_split(a.data, a.root, a.split, a.video_root)
-    meta = load_meta(a.root) if (Path(a.root) / "synth_meta.json").is_file() else None
-    model = load_model(a.checkpoint, a.reducer, a.reducer_options, a.frames,
-                       model_name=a.model, quick_gelu=a.quick_gelu)
-    res = evaluate(
-        model,
-        split,
-        frames=a.frames,
-        batch_size=a.batch_size,
-        precision=a.precision,
-        out=a.out,
-        synth_meta=meta,
-    )
-    print(format_metrics(res))
-    return 0

@@ -28,11 +28,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
+
+from tokred.toolkits.merge import keep_tokens
 
 DISTANCES = ("euclidean", "cosine")
 GRAPHS = ("heat", "knn")
@@ -165,7 +166,7 @@ def assign_points(dist: Tensor, medoids: Tensor) -> Tensor:
     medoid is a duplicate point at distance 0), so no cluster is empty.
     """
     rows, k = medoids.shape
-    assign = torch.min(rows_gather(dist, medoids), dim=1).indices  # [R, K, n] -> [R, n]
+    assign = torch.min(keep_tokens(dist, medoids), dim=1).indices  # [R, K, n] -> [R, n]
     slots = torch.arange(k, device=dist.device).expand(rows, k)
     return assign.scatter(1, medoids, slots)
 
@@ -200,7 +201,7 @@ def _iterate(x: Tensor, dist: Tensor, k: int, iters: int, threshold: float,
     while rounds < iters and bool(active.any()):
         rounds += 1
         new = update_medoids(dist, assign_points(dist, med), k)
-        shift = (rows_gather(x, new) - rows_gather(x, med)).square().sum(-1).sqrt().sum(-1)
+        shift = (keep_tokens(x, new) - keep_tokens(x, med)).square().sum(-1).sqrt().sum(-1)
         if not per_row:
             shift = shift.mean().expand_as(shift)
         med = torch.where(active[:, None], new, med)  # converged rows stay frozen
@@ -361,111 +362,3 @@ def spectral_kmedoids(
     res = kmedoids(q, k, distance=distance, p=p, iters=iters, threshold=threshold,
                    split_size=split_size, exact=exact)
     return res._replace(graph=stats)
-
-
-def rows_gather(x: Tensor, idx: Tensor) -> Tensor:
-    """``x [R, n, ...]``, ``idx [R, K]`` -> ``[R, K, ...]``; differentiable in ``x``.
-
-    Flat row indexing: several times faster on CPU than ``gather`` with an expanded index.
-    """
-    rows, n = x.shape[:2]
-    flat = idx + torch.arange(rows, device=idx.device)[:, None] * n  # [R, K]
-    return x.flatten(0, 1)[flat]
-
-
-# --- segment layout shared by the segment-level reducers (CenterCLIP, pooling, sparse) ---
-
-
-@dataclass(frozen=True)
-class SegmentStep:
-    """One segment reduction at the input of block ``layer``.
-
-    Attributes:
-        layer: block index (0-based).
-        segments: sequences per video after this step.
-        join: incoming sequences joined into one segment (``fd`` frames at the first step).
-        points: patch tokens per segment entering the step (``join * patches per sequence``).
-        k: tokens kept per segment (None: the reducer keeps a fixed layout, e.g. pooling).
-    """
-
-    layer: int
-    segments: int
-    join: int
-    points: int
-    k: int | None
-
-
-def split_segments(x: Tensor, prefix: int, join: int) -> tuple[Tensor, Tensor]:
-    """Cut rows into segments of ``join`` consecutive rows.
-
-    ``x [R, N, C]`` -> (segment CLS = mean of the rows' prefix tokens ``[R/join, prefix, C]``,
-    the rows' patch tokens row-major ``[R/join, join*(N-prefix), C]``).
-    """
-    rows, n, c = x.shape
-    x = x.reshape(rows // join, join, n, c)  # [R/j, j, N, C]
-    cls = x[:, :, :prefix].mean(dim=1)  # [R/j, prefix, C]
-    patches = x[:, :, prefix:].reshape(rows // join, join * (n - prefix), c)
-    return cls, patches
-
-
-def plan_segments(
-    spec, layer: int | list[int], segments: int | list[int], k: int | list[int] | None = None,
-    name: str = "segments",
-) -> list[SegmentStep]:
-    """Resolve and validate a (multi-layer) segment schedule for ``spec`` (a BackboneSpec).
-
-    The first step cuts the ``spec.frames`` frames into ``segments`` segments; a later step cuts
-    the current segments again (its ``segments`` must divide the previous one; equal values
-    recluster every segment on its own).
-
-    Args:
-        spec: backbone spec with ``frames``, ``layers``, ``patches``, ``name``.
-        layer: block index or strictly increasing list of block indices.
-        segments: segments per video, one value or one per layer.
-        k: tokens kept per segment, one value or one per layer; None keeps every position.
-        name: reducer name used in error messages.
-
-    Raises:
-        ValueError: naming the numbers (layer out of range, T not divisible, k too large).
-    """
-    layers = _as_list(layer, "layer", name)
-    n = len(layers)
-    segs = _per_layer(segments, n, "segments", name)
-    ks = [None] * n if k is None else _per_layer(k, n, "k", name)
-    steps: list[SegmentStep] = []
-    groups, per_seq, unit = spec.frames, spec.patches, "frames"
-    for i, (lay, s, kk) in enumerate(zip(layers, segs, ks)):
-        if not 0 <= lay < spec.layers:
-            raise ValueError(f"{name}: layer {lay} is out of range: {spec.name} has blocks "
-                             f"0..{spec.layers - 1} (layers are 0-based; the paper's B_6 is 6)")
-        if i and lay <= layers[i - 1]:
-            raise ValueError(f"{name}: layers must be strictly increasing, got {layers}")
-        if s < 1 or groups % s:
-            ok = [d for d in range(1, groups + 1) if groups % d == 0]
-            raise ValueError(f"{name}: {groups} {unit} at layer {lay} cannot be cut into "
-                             f"segments={s} equal segments; use one of {ok}")
-        join = groups // s
-        points = join * per_seq
-        if kk is not None and not 1 <= kk <= points:
-            raise ValueError(f"{name}: k={kk} at layer {lay} but a segment has only {points} "
-                             f"patch tokens ({join} x {per_seq}); use 1 <= k <= {points}")
-        steps.append(SegmentStep(lay, s, join, points, kk))
-        groups, per_seq, unit = s, (per_seq if kk is None else kk), "segments"
-    return steps
-
-
-def _as_list(v, field: str, name: str) -> list[int]:
-    vals = list(v) if isinstance(v, (list, tuple)) else [v]
-    if not vals or any(not isinstance(x, int) or isinstance(x, bool) for x in vals):
-        raise ValueError(f"{name}: {field} must be an int or a non-empty list of ints, got {v!r}")
-    return vals
-
-
-def _per_layer(v, n: int, field: str, name: str) -> list[int]:
-    vals = _as_list(v, field, name)
-    if len(vals) == 1:
-        return vals * n
-    if len(vals) != n:
-        raise ValueError(f"{name}: {field}={vals} gives {len(vals)} values for {n} layers; "
-                         f"give one value or one per layer")
-    return vals

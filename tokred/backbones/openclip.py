@@ -1,65 +1,21 @@
-"""Adapters over ViT towers: the only place that knows open_clip's module layout.
+"""Adapter over open_clip's ViT image tower: the only place that knows its module layout.
 
-An adapter exposes the seams the encoder drives (embed, per-block attention and MLP, readout)
-by calling the host model's own public submodules. Attention is computed here from the block's
-weights so that it can return the head-averaged keys and add a ``log(size)`` bias; nothing in
-the host model is modified.
+Attention is computed from each block's ``nn.MultiheadAttention`` weights (see
+:func:`tokred.backbones.base.mha_attention`) so that it can return the head-averaged keys and
+add a ``log(size)`` bias; nothing in the host model is modified.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .spec import BackboneSpec
+from tokred.backbones.base import UnsupportedBackbone, ViTAdapter, mha_attention
+from tokred.spec import BackboneSpec
 
-
-class UnsupportedBackbone(ValueError):
-    """The tower uses a feature the token-reduction encoder cannot drive."""
-
-
-class ViTAdapter(nn.Module):
-    """Interface of a backbone adapter (see :class:`OpenCLIPVisual`)."""
-
-    spec: BackboneSpec
-
-    def embed(self, images: Tensor) -> Tensor:
-        """``[BT, 3, H, W]`` -> ``[BT, 1 + patches, C]`` (CLS first, positions added, pre-norm)."""
-        raise NotImplementedError
-
-    def attention(self, layer: int, x: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Residual branch of block ``layer``'s attention and the head-mean keys ``[R, N, d]``."""
-        raise NotImplementedError
-
-    def mlp(self, layer: int, x: Tensor) -> Tensor:
-        """Residual branch of block ``layer``'s MLP."""
-        raise NotImplementedError
-
-    def readout(self, cls: Tensor) -> Tensor:
-        """CLS tokens ``[..., C]`` -> embeddings ``[..., D]``."""
-        raise NotImplementedError
-
-
-def mha_attention(
-    attn: nn.MultiheadAttention, x: Tensor, bias: Tensor | None
-) -> tuple[Tensor, Tensor]:
-    """Self-attention with ``attn``'s weights; returns (output ``[R,N,C]``, mean keys ``[R,N,d]``).
-
-    Args:
-        attn: a batch-agnostic ``nn.MultiheadAttention`` with a fused in-projection.
-        x: ``[R, N, C]`` normalised input.
-        bias: optional additive logit bias broadcastable to ``[R, H, N, N]``.
-    """
-    rows, n, c = x.shape
-    h = attn.num_heads
-    qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)  # [R, N, 3C]
-    q, k, v = qkv.view(rows, n, 3, h, c // h).permute(2, 0, 3, 1, 4)  # 3 x [R, H, N, d]
-    if bias is not None:
-        bias = bias.to(q.dtype)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # [R, H, N, d]
-    out = out.transpose(1, 2).reshape(rows, n, c)
-    return attn.out_proj(out), k.mean(dim=1)
+# open_clip releases whose ViT blocks this adapter drives (nn.MultiheadAttention with a fused
+# in-projection); pyproject bounds open_clip_torch to the same range.
+SUPPORTED_OPEN_CLIP = "open_clip_torch >= 2.20, < 4 (tested with 3.3.0)"
 
 
 class OpenCLIPVisual(ViTAdapter):
@@ -148,7 +104,9 @@ def _check_open_clip_visual(visual: nn.Module) -> None:
         if not isinstance(getattr(blk, "attn", None), nn.MultiheadAttention):
             raise UnsupportedBackbone(
                 f"{name} block {i} uses a custom attention ({type(blk).__name__}: qk-norm, "
-                f"scaled cosine or head scaling); need nn.MultiheadAttention blocks"
+                f"scaled cosine or head scaling, or an open_clip release that replaced "
+                f"nn.MultiheadAttention); need nn.MultiheadAttention blocks, as in "
+                f"{SUPPORTED_OPEN_CLIP}"
             )
         if blk.attn.in_proj_weight is None:
             raise UnsupportedBackbone(f"{name} block {i} has separate q/k/v projections")

@@ -1,10 +1,10 @@
-"""Adapter over timm ``VisionTransformer`` models, beside :class:`tokred.backbone.OpenCLIPVisual`.
+"""Adapter over timm ``VisionTransformer`` models, beside :class:`tokred.backbones.OpenCLIPVisual`.
 
 It exposes the same seams (embed, per-block attention with head-mean keys and a log-size bias,
 MLP, readout) by calling the timm model's own submodules, so every reducer runs unchanged on
 timm ViTs; with ``T = 1`` (``video = images[:, None]``) this is ToMe's image protocol. Nothing in
 the timm model is modified. Models whose forward the encoder would not reproduce exactly are
-refused with :class:`~tokred.backbone.UnsupportedBackbone` naming the feature.
+refused with :class:`~tokred.backbones.UnsupportedBackbone` naming the feature.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbone import UnsupportedBackbone, ViTAdapter
-from .spec import BackboneSpec
+from tokred.backbones.base import UnsupportedBackbone, ViTAdapter
+from tokred.spec import BackboneSpec
 
 
 class TimmViT(ViTAdapter):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
 import statistics
@@ -13,6 +12,8 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from tokred.training.precision import autocast
 
 
 @dataclass(frozen=True)
@@ -95,27 +96,6 @@ def environment(device: torch.device | str = "cpu", precision: str = "fp32") -> 
     if dev.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(dev)
     return env
-
-
-PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
-    """The autocast context for ``precision`` on ``device`` (a no-op context for fp32).
-
-    Raises:
-        ValueError: unknown precision, or fp16 on a CPU (use bf16 there).
-    """
-    dev = torch.device(device)
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision == "fp16" and dev.type != "cuda":
-        raise ValueError(f"fp16 autocast needs a CUDA device, got {dev}; use --precision bf16 "
-                         f"on a CPU")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=dev.type, dtype=dtype)
 
 
 def fixed_video(batch: int, frames: int, size: int, device: torch.device | str = "cpu",

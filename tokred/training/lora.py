@@ -1,7 +1,7 @@
 """Low-rank adapters (LoRA, Hu et al., ICLR 2022) on the fused qkv projection of CLIP towers.
 
 open_clip's blocks use ``nn.MultiheadAttention``, whose fused ``in_proj_weight`` is read directly
-by its forward (and by :func:`tokred.backbone.mha_attention`), so adapters that wrap ``nn.Linear``
+by its forward (and by :func:`tokred.backbones.mha_attention`), so adapters that wrap ``nn.Linear``
 modules do not reach it (open_clip #585, peft #761). Here the weight itself is parametrised with
 :func:`torch.nn.utils.parametrize.register_parametrization`: every reader of
 ``attn.in_proj_weight`` sees ``W + B @ A``, i.e. ``qkv = W x + b + B (A x)``, with ``W`` frozen.

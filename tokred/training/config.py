@@ -1,0 +1,114 @@
+"""The configuration of a training run: one field per ``tokred train`` flag, checked on creation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+RECIPES = {  # mode -> (lr, betas)
+    "full": (5e-6, (0.9, 0.98)),
+    "lora": (6e-4, (0.9, 0.999)),
+    "scratch": (2e-3, (0.9, 0.98)),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs (the CLI maps one flag to each field).
+
+    Attributes:
+        data: dataset kind (``msrvtt``, ``msvd``, ``csv``, ...; see ``tokred.data.READERS``).
+        root: annotation directory; ``video_root`` defaults to ``root/videos``.
+        out: run directory (``last.pt`` for resuming, ``model.pt`` final, ``train_log.jsonl``).
+        model / pretrained / init: CLIP name, open_clip tag or file, and an optional checkpoint
+            to start from (CLIP4Clip layouts or a tokred ``model.pt``; its reducer state is
+            loaded when it was trained with the same reducer).
+        quick_gelu: the MLP activation, QuickGELU (True) or GELU (False); None lets
+            :func:`tokred.models.activation_for` decide from ``model``/``pretrained``/``init``
+            (QuickGELU for OpenAI-family weights). Recorded in the checkpoints' ``meta``.
+        reducer / reducer_options: registered reducer name and its keyword options.
+        mode: ``full``, ``lora`` or ``scratch`` (see module doc); lr/betas default per mode.
+        frames / train_frames: frames the reducer is set up for, and frames sampled per training
+            video (default ``frames``; fewer is fine for frame-count invariant meanP).
+        frame_pool: decode (and cache) this many frames per training video and draw
+            ``train_frames`` of them every epoch, one at random from each of ``train_frames``
+            equal segments (TSN-style temporal jitter). None: decode exactly ``train_frames``
+            frames, the same every epoch (CLIP4Clip).
+        batch_size: global batch (over ranks and accumulation steps).
+        epochs / max_steps: length; ``max_steps`` (optimizer steps) wins when set.
+        warmup: warm-up fraction of the steps (then cosine to zero).
+        patch_dropout: fraction of each frame's patch tokens dropped at random in training
+            (FLIP, Li et al. 2023; open_clip's ``PatchDropout``): a step costs about
+            ``1 - patch_dropout`` as much, evaluation keeps every patch. Reducer ``none`` only
+            (the others' schedules count patches); the scale model's base training uses 0.5.
+        precision: ``fp32``, ``bf16`` (autocast) or ``fp16`` (autocast + GradScaler, CUDA only).
+        cache / skip_errors: decode every training clip once before training and keep it in
+            memory (float16, up to :func:`cache_limit`); with ``skip_errors`` undecodable
+            videos found then are named and left out instead of stopping the run.
+        stop_at_step: stop (after saving) at this step as if interrupted; for resume tests.
+        time_budget: minutes; training ends at ``max_steps`` or when the budget is spent,
+            whichever comes first, and the LR schedule follows the same progress (so it anneals
+            fully by the deadline; runs that hit the budget are not bit-reproducible).
+    """
+
+    data: str = "msrvtt"
+    root: str = "data/msrvtt"
+    split: str = "train"
+    video_root: str | None = None
+    out: str = "runs/train"
+    model: str = "scale-B32"
+    pretrained: str | None = None
+    init: str | None = None
+    quick_gelu: bool | None = None
+    reducer: str = "none"
+    reducer_options: dict = field(default_factory=dict)
+    mode: str = "full"
+    lora_rank: int = 8
+    frames: int = 12
+    train_frames: int | None = None
+    sampling: str = "uniform"
+    frame_pool: int | None = None
+    max_words: int = 32
+    batch_size: int = 128
+    grad_accum: int = 1
+    epochs: float = 5.0
+    max_steps: int | None = None
+    lr: float | None = None
+    betas: tuple[float, float] | None = None
+    weight_decay: float = 0.2
+    warmup: float = 0.1
+    grad_clip: float | None = 1.0
+    patch_dropout: float = 0.0
+    precision: str = "fp32"
+    freeze_logit_scale: bool | None = None
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 0
+    cache: bool = True
+    skip_errors: bool = False
+    save_every: int = 0
+    resume: bool = False
+    stop_at_step: int | None = None
+    time_budget: float | None = None
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in RECIPES:
+            raise ValueError(f"mode must be one of {sorted(RECIPES)}, got {self.mode!r}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        if self.frame_pool is not None and self.frame_pool < (self.train_frames or self.frames):
+            raise ValueError(
+                f"frame_pool={self.frame_pool} must be at least train_frames "
+                f"({self.train_frames or self.frames}): the pool is what frames are drawn from"
+            )
+        if not 0.0 <= self.patch_dropout < 1.0:
+            raise ValueError(f"patch_dropout must be in [0, 1), got {self.patch_dropout}")
+        if self.patch_dropout and self.reducer != "none":
+            raise ValueError(
+                f"patch_dropout={self.patch_dropout} needs reducer 'none' (got "
+                f"{self.reducer!r}, whose schedule counts every patch); set patch_dropout=0"
+            )
+        self.lr = RECIPES[self.mode][0] if self.lr is None else self.lr
+        self.betas = tuple(self.betas or RECIPES[self.mode][1])
+        if self.freeze_logit_scale is None:
+            self.freeze_logit_scale = self.mode == "lora"
