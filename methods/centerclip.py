@@ -15,15 +15,9 @@ from tokred_methods.segments import (
 from torch import Tensor
 
 from tokred import TokenState, register_reducer
-from tokred.toolkits.cluster import (
-    DISTANCES,
-    GRAPHS,
-    Clusters,
-    kmedoids,
-    sigma_floor,
-    spectral_kmedoids,
-)
+from tokred.toolkits.cluster import DISTANCES, Clusters, kmedoids
 from tokred.toolkits.merge import keep_tokens
+from tokred.toolkits.spectral import GRAPHS, sigma_floor, spectral_kmedoids
 
 log = logging.getLogger(__name__)
 _WARNED: set[tuple] = set()  # (layer, sigma, graph) whose empty spectral graph was reported

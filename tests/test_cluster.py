@@ -13,17 +13,19 @@ from tokred_methods.segments import plan_segments, split_segments
 
 from tokred.spec import BackboneSpec
 from tokred.toolkits.cluster import (
-    affinity,
     assign_points,
     kkz_init,
     kmedoids,
     nearest_self,
     pairwise_distance,
+    update_medoids,
+)
+from tokred.toolkits.spectral import (
+    affinity,
     sigma_floor,
     spectral_embedding,
     spectral_kmedoids,
     sq_distance,
-    update_medoids,
 )
 
 

@@ -39,15 +39,59 @@ def commands() -> dict[str, tuple[str, str]]:
 
 
 def list_main(argv: list[str] | None = None) -> int:
-    from tokred.registry import list_reducers, reducer_options
+    """``tokred list``: every reducer with its options, presets and the package it comes from."""
+    import argparse
+    import json
 
-    for name in list_reducers():
-        try:
-            opts = ", ".join(f"{k}={v!r}" for k, v in reducer_options(name).items())
-        except Exception as err:  # a broken plugin must not hide the others
-            opts = f"<cannot load: {err}>"
-        print(f"{name:<14} {opts}")
+    ap = argparse.ArgumentParser(prog="tokred list", description="list the available reducers: "
+                                 "options with defaults, presets (the papers' settings) and the "
+                                 "package that provides each")
+    ap.add_argument("--json", action="store_true", help="print one JSON document instead")
+    args = ap.parse_args(argv)
+    rows = [_describe(name) for name in _reducer_names()]
+    if args.json:
+        print(json.dumps(rows, indent=1, default=str))
+        return 0
+    for r in rows:
+        if "error" in r:
+            print(f"{r['name']:<12} <cannot load: {r['error']}>")
+            continue
+        opts = ", ".join(f"{k}={v!r}" for k, v in r["options"].items())
+        print(f"{r['name']:<12} {opts}  [{r['source']}]")
+        for tag, values in r["presets"].items():
+            print(f"{'':<14}.{tag}: {', '.join(f'{k}={v!r}' for k, v in values.items())}")
     return 0
+
+
+def _reducer_names() -> list[str]:
+    from tokred.registry import list_reducers
+
+    return list_reducers()
+
+
+def _describe(name: str) -> dict:
+    """One reducer as plain data; a broken plugin is reported, it does not hide the others."""
+    from tokred.registry import get_reducer_class, reducer_options
+
+    try:
+        cls = get_reducer_class(name)
+        return {"name": name, "options": reducer_options(name), "presets": dict(cls.presets),
+                "paper": {k: list(v) for k, v in cls.paper.items()},
+                "source": _source(cls)}
+    except Exception as err:  # a broken plugin: report it, list the rest
+        return {"name": name, "error": f"{type(err).__name__}: {err}"}
+
+
+def _source(cls: type) -> str:
+    """``distribution version (module)`` of the class, e.g. ``tokred 0.1.0 (tokred_methods.tome)``."""
+    top = cls.__module__.split(".")[0]
+    dists = metadata.packages_distributions().get(top, [])
+    dist = dists[0] if dists else top
+    try:
+        version = metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        version = "?"
+    return f"{dist} {version} ({cls.__module__})"
 
 
 def main(argv: list[str] | None = None) -> int:

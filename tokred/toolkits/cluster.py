@@ -1,4 +1,4 @@
-"""Segment token clustering (CenterCLIP): pure tensor maths, batched over rows.
+"""k-medoids++ of point sets (CenterCLIP's token clustering): pure tensor maths, batched over rows.
 
 Every function takes ``R`` independent point sets ``[R, n, C]`` (one per segment of every video)
 and returns indices; nothing here knows about models. Selection runs under ``no_grad`` in fp32
@@ -19,8 +19,9 @@ Two numerical modes (``exact``):
   medoids do not depend on the batch). Mathematically the same algorithm, but it departs from
   the official code's (and the published results') medoids wherever the noise decided.
 
-Reference: Zhao et al., "CenterCLIP: Token Clustering for Efficient Text-Video Retrieval",
-SIGIR 2022 (k-medoids++ = KKZ initialisation + alternating k-medoids; spectral variant).
+The spectral variant is :mod:`tokred.toolkits.spectral`. Reference: Zhao et al., "CenterCLIP:
+Token Clustering for Efficient Text-Video Retrieval", SIGIR 2022 (k-medoids++ = KKZ
+initialisation + alternating k-medoids); docs/algorithms.md §3.
 """
 
 from __future__ import annotations
@@ -36,10 +37,7 @@ from torch import Tensor
 from tokred.toolkits.merge import keep_tokens
 
 DISTANCES = ("euclidean", "cosine")
-GRAPHS = ("heat", "knn")
 SPLIT_SIZE = 16  # rows clustered together by the official code (4 for ViT-B/16)
-# exp(-a) is exactly 0.0 in fp32 for a above ~103.97 (below the smallest subnormal)
-_FP32_EXP_ZERO = -math.log(torch.finfo(torch.float32).smallest_normal * 2.0**-23)
 
 
 class GraphStats(NamedTuple):
@@ -74,7 +72,7 @@ class Clusters(NamedTuple):
 
 
 @contextmanager
-def _fp32(x: Tensor) -> Iterator[None]:
+def fp32_no_grad(x: Tensor) -> Iterator[None]:
     """``no_grad`` + autocast off on the tensor's device: clustering always runs in fp32."""
     with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
         yield
@@ -96,7 +94,7 @@ def pairwise_distance(
     """
     if distance not in DISTANCES:
         raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
-    with _fp32(x):
+    with fp32_no_grad(x):
         x = x.detach().float()
         if distance == "cosine":
             u = x / (x.norm(dim=-1, keepdim=True) + 1e-6)
@@ -248,7 +246,7 @@ def kmedoids(
         raise ValueError(f"k-medoids needs 1 <= k <= points per set, got k={k} with {n} points")
     if split_size < 1:
         raise ValueError(f"split_size must be >= 1, got {split_size}")
-    with _fp32(x):
+    with fp32_no_grad(x):
         x = x.detach().float()
         bad = (~torch.isfinite(x)).flatten(1).any(dim=1).nonzero().flatten().tolist()
         if bad:
@@ -273,92 +271,3 @@ def kmedoids(
         return Clusters(torch.cat(meds), torch.cat(assigns), rounds)
 
 
-def sq_distance(x: Tensor) -> Tensor:
-    """Squared euclidean distances ``[R, n, n]`` as the official spectral code forms them:
-    ``||a||^2 + ||b||^2 - 2 a.b`` (one ``baddbmm``, not clamped: the diagonal keeps its noise)."""
-    with _fp32(x):
-        x = x.detach().float()
-        sq = x.pow(2).sum(dim=-1, keepdim=True)  # [R, n, 1]
-        return torch.baddbmm(sq.transpose(1, 2), x, x.transpose(1, 2), alpha=-2).add(sq)
-
-
-def affinity(sq: Tensor, sigma: float = 2.0, graph: str = "heat", knn: int = 10) -> Tensor:
-    """Heat-kernel graph ``W = exp(-sq / (2 sigma^2))`` ``[R, n, n]`` from squared distances.
-
-    ``graph="knn"`` keeps ``W`` only between each point's ``knn`` largest affinities (itself
-    included), symmetrised by union, as the official ``KNN`` graph.
-    """
-    if graph not in GRAPHS:
-        raise ValueError(f"graph must be one of {GRAPHS}, got {graph!r}")
-    w = torch.exp(-1.0 * sq / (2 * sigma**2))
-    if graph == "knn":
-        kth = torch.topk(w, min(knn, w.shape[-1]), dim=-1).values[..., -1:]  # [R, n, 1]
-        near = w >= kth
-        w = w * (near | near.transpose(1, 2))
-    return w
-
-
-def graph_stats(w: Tensor, sq: Tensor) -> GraphStats:
-    """Whether each row's graph ``w`` is empty, its largest off-diagonal affinity and the
-    smallest squared distance ``sq`` between two of its points (for a sigma suggestion)."""
-    eye = torch.eye(w.shape[-1], dtype=torch.bool, device=w.device)
-    top = w.masked_fill(eye, 0.0).amax(dim=(1, 2))
-    near = sq.masked_fill(eye, math.inf).amin(dim=(1, 2)).clamp_min(0.0)
-    return GraphStats(top == 0, top, near)
-
-
-def sigma_floor(min_sq_dist: float) -> float:
-    """The smallest sigma at which two points at ``min_sq_dist`` get a non-zero fp32 affinity."""
-    return math.sqrt(max(min_sq_dist, 0.0) / (2.0 * _FP32_EXP_ZERO))
-
-
-def spectral_embedding(w: Tensor, k: int, correct_sign: bool = True) -> Tensor:
-    """Rows of the ``k`` smallest singular vectors of ``L_sym``, L2-normalised: ``[R, n, k]``.
-
-    ``L_sym = D^-1/2 (D - W) D^-1/2`` is decomposed by an SVD as in the official code (singular
-    values descending; the last ``k`` columns are taken). ``correct_sign`` applies its sign rule
-    (Bro et al.): column ``j`` is multiplied by ``sign(sum_i sign(s_j v_ji) (s_j v_ji)^2)``,
-    which is 0 for a zero singular value: on an empty graph (``L_sym = 0``) every embedding row
-    is zero, every point ties and k-medoids returns the first ``k`` points.
-    """
-    with _fp32(w):
-        w = w.float()
-        deg = w.sum(dim=-1)  # [R, n]
-        inv = torch.pow(deg, -0.5)
-        lap = torch.diag_embed(deg) - w
-        lap = inv[:, :, None] * lap * inv[:, None, :]  # == D^-1/2 @ L @ D^-1/2, same rounding
-        u, s, vh = torch.linalg.svd(lap, full_matrices=False)
-        if correct_sign:
-            sv = s[:, :, None] * vh  # [R, n, n], row j = s_j * v_j
-            u = u * torch.sign((torch.sign(sv) * sv.square()).sum(dim=2))[:, None, :]
-        q = u[:, :, -k:]
-        return q / (q.norm(p=2, dim=-1, keepdim=True) + 1e-6)
-
-
-def spectral_kmedoids(
-    x: Tensor,
-    k: int,
-    sigma: float = 2.0,
-    graph: str = "heat",
-    knn: int = 10,
-    distance: str = "euclidean",
-    p: float = 2.0,
-    iters: int = 100,
-    threshold: float = 1e-6,
-    split_size: int = SPLIT_SIZE,
-    correct_sign: bool = True,
-    exact: bool = False,
-) -> Clusters:
-    """Spectral clustering: k-medoids++ on the :func:`spectral_embedding` rows of ``x``.
-
-    The medoid indices refer to the original points, so the caller keeps original tokens.
-    ``Clusters.graph`` says which rows had an empty graph (see :class:`GraphStats`).
-    """
-    sq = sq_distance(x)
-    with _fp32(x):
-        w = affinity(sq, sigma=sigma, graph=graph, knn=knn)
-        q = spectral_embedding(w, k, correct_sign=correct_sign)
-        stats = graph_stats(w, sq)
-    res = kmedoids(q, k, distance=distance, p=p, iters=iters, threshold=threshold,
-                   split_size=split_size, exact=exact)
-    return res._replace(graph=stats)
