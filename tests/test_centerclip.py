@@ -1,4 +1,4 @@
-"""CenterCLIP and the segment baselines: token schedules of ALGORITHMS.md section 3, layout,
+"""CenterCLIP and the segment baselines: token schedules of docs/algorithms.md §3, layout,
 validation at construction, gradients."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def _setup(reducer, spec):
     return reducer
 
 
-# ------------------------------------------------------------------ traces (ALGORITHMS.md 3)
+# ------------------------------------------------------------------ traces (docs/algorithms.md §3)
 
 
 @pytest.mark.parametrize("opts, before, after, layer, ref_gmacs", [
@@ -48,7 +48,7 @@ def test_b16_b6_4_160_trace_and_gmacs(b16):
     tr = enc.trace()
     assert tr.attn_tokens() == [2364] * 6 + [644] * 6
     assert (tr.out_seqs, tr.out_tokens) == (4, 161)
-    # ALGORITHMS.md lists 138.54 for this row, but its own formula on its own schedule (the one
+    # An earlier reference listed 138.54 for this row, but its own formula on its own schedule (the one
     # asserted above; the same formula reproduces its B/16 ToMe figure, 144.04) gives 134.38.
     by_hand = (12 * 196 * 3 * 16**2 * 768 + 6 * 12 * block_macs(197, 197, 768, 3072)
                + 6 * 4 * block_macs(161, 161, 768, 3072))

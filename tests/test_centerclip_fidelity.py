@@ -1,4 +1,4 @@
-"""CenterCLIP equals the official code on inputs captured inside it (docs: ALGORITHMS.md s. 3).
+"""CenterCLIP equals the official code on inputs captured inside it (docs/algorithms.md §3).
 
 The fixture is a cut of inputs captured inside the official CenterCLIP code (ViT-B/32, seeded
 random weights, the token stream at the input of block 6) with the medoids and assignments the

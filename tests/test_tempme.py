@@ -19,7 +19,7 @@ B32_MLP = list(range(576, 407, -24)) + [264, 168, 107, 97]
 
 
 def reference_schedule(t, r, layers, frames, cross=0.3, intra=0.1, blocks=12, T=12):
-    """Per-video (attn, mlp) tokens with the official integer arithmetic (ALGORITHMS.md 4.4)."""
+    """Per-video (attn, mlp) tokens with the official integer arithmetic (docs/algorithms.md §4, item 4)."""
     clips, c, attn, mlp = T, 1, [], []
     for layer in range(blocks):
         if layer in layers:
@@ -68,7 +68,7 @@ def test_b16_traces(b16, r, tail, out, g):
     {"merge_layers": [0], "merge_frames": [12], "cross": 0.45},
 ])
 def test_schedule_equals_official_arithmetic(scale, opts):
-    """The state-derived merge counts equal ALGORITHMS.md's formulas for other schedules too."""
+    """The state-derived merge counts equal docs/algorithms.md §4 formulas for other schedules too."""
     trace = VideoEncoder(scale, TempMe(**opts), 12).trace()
     ref = TempMe(**opts)
     expect = reference_schedule(50, ref.r, list(ref.merge_layers), list(ref.merge_frames),

@@ -11,7 +11,7 @@ before ``backward`` cancels DDP's gradient averaging, so N ranks give exactly th
 process on the same global batch. Tensors used directly by the loss on every rank (the logit
 scale) must see their gradient divided by the world size: :func:`share_grad`. The official
 CenterCLIP/TempMe codes skip both corrections and train with gradients 1/N too small
-(ALGORITHMS.md section 0 item 7).
+(docs/algorithms.md §0, item 6).
 """
 
 from __future__ import annotations
