@@ -127,3 +127,24 @@ def test_cli_small(tmp_path: Path) -> None:
 def test_bad_config_is_explained(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="frames >= 4"):
         generate(tmp_path, SynthConfig(frames=2))
+
+
+def test_extra_test_captions_are_true_of_their_video_alone(tmp_path: Path) -> None:
+    cfg = SynthConfig(**{**CFG.__dict__, "test_videos": 60, "workers": 1,
+                         "extra_test_captions": True})
+    root = generate(tmp_path, cfg)
+    test = load_split("msrvtt", root, "test")
+    meta = json.loads((root / "synth_meta.json").read_text())
+    n = len(test.videos)
+    assert n == 60 and len(test.captions) > 1.5 * n  # most videos get more captions
+    assert test.caption_video[:n] == list(range(n))  # the one-per-video captions come first
+    assert len(set(test.captions)) == len(test.captions)
+    scenes = [Scene(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.items()})
+              for s in meta["scenes"]["test"]]
+    for c, (v, t) in enumerate(zip(test.caption_video, meta["test"])):
+        assert t["caption"] == test.captions[c] and t["video_id"] == test.videos[v].id
+        key = caption_keys(scenes[v])[t["type"]]
+        assert [j for j, s in enumerate(scenes) if caption_keys(s).get(t["type"]) == key] == [v]
+        assert t["twin"] is None or c < n  # twins are the one-per-video captions
+    pairs = load_meta(root).twin_pairs
+    assert pairs and all(i < n and j < n for i, j in pairs)

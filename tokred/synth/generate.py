@@ -66,6 +66,10 @@ class SynthConfig:
         test_mix: Fractions of static / direction / order / small test captions.
         twin_frac: Fraction of direction/order test videos that belong to a twin pair.
         small_prob: Probability that a scene has a small corner object.
+        extra_test_captions: Also caption each test video with every other type whose caption
+            is true of that video alone (one more query per video and type, no more videos to
+            encode: tighter intervals at the same evaluation cost). The first ``test_videos``
+            captions stay the one-per-video set, so caption ``i`` is video ``i`` for them.
         workers: Encoding processes (does not change the output).
         version: Generator version, recorded in ``synth_meta.json`` so data cached by an older
             generator (different pixels for the same config) is noticed; only the current one
@@ -81,6 +85,7 @@ class SynthConfig:
     test_mix: tuple[float, float, float, float] = (0.3, 0.3, 0.25, 0.15)
     twin_frac: float = 0.5
     small_prob: float = 0.5
+    extra_test_captions: bool = False
     workers: int = 2
     version: int = GENERATOR_VERSION
 
@@ -119,6 +124,21 @@ def _test_scenes(cfg: SynthConfig, rng: np.random.Generator) -> list[tuple[Scene
         satisfied |= true_of
         groups.append([(g, kind, (1 - 2 * j) if twin else 0) for j, g in enumerate(group)])
     return [item for k in rng.permutation(len(groups)) for item in groups[k]]
+
+
+def _extra_captions(test: list[tuple[Scene, str, int]]) -> list[tuple[int, str]]:
+    """``(test video index, caption type)`` of every further caption true of that video alone.
+
+    A video's primary type is skipped; so is any key true of another test video (twins share
+    their static key, so they never get a static caption).
+    """
+    count: dict[tuple, int] = {}
+    for s, _, _ in test:
+        for kv in caption_keys(s).items():
+            count[kv] = count.get(kv, 0) + 1
+    return [(j, kind) for j, (s, primary, _) in enumerate(test)
+            for kind, key in caption_keys(s).items()
+            if kind != primary and count[(kind, key)] == 1]
 
 
 def _encode(path: Path, frames: np.ndarray, fps: int) -> None:
@@ -171,21 +191,17 @@ def _write_annotations(
             text = caption(s, kind, int(rng.integers(2)))
             sentences.append({"caption": text, "video_id": f"video{v}", "sen_id": len(sentences)})
     rows = []
-    for j, (s, kind, twin) in enumerate(test):
-        v, text = len(train) + j, caption(s, kind)
+    extra = _extra_captions(test) if cfg.extra_test_captions else []
+    for v in range(len(train), len(train) + len(test)):
         videos.append({"video_id": f"video{v}", "id": v, "split": "test"})
+    for j, kind in [(j, kind) for j, (_, kind, _) in enumerate(test)] + extra:
+        s, primary, twin = test[j]
+        v, text = len(train) + j, caption(s, kind)
         sentences.append({"caption": text, "video_id": f"video{v}", "sen_id": len(sentences)})
-        rows.append(
-            {"key": f"ret{j}", "vid_key": f"msr{v}", "video_id": f"video{v}", "sentence": text}
-        )
-        meta_test.append(
-            {
-                "video_id": f"video{v}",
-                "caption": text,
-                "type": kind,
-                "twin": f"video{v + twin}" if twin else None,
-            }
-        )
+        rows.append({"key": f"ret{len(rows)}", "vid_key": f"msr{v}", "video_id": f"video{v}",
+                     "sentence": text})
+        meta_test.append({"video_id": f"video{v}", "caption": text, "type": kind,
+                          "twin": f"video{v + twin}" if twin and kind == primary else None})
     (out / "MSRVTT_data.json").write_text(json.dumps({"videos": videos, "sentences": sentences}))
     with (out / "MSRVTT_train.9k.csv").open("w", newline="") as f:
         f.write("video_id\n" + "".join(f"video{v}\n" for v in range(len(train))))
