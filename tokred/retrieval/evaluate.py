@@ -202,7 +202,13 @@ def evaluate(
 
 
 def _metrics(sim: torch.Tensor, caption_video: np.ndarray, synth_meta) -> dict:
+    from tokred.retrieval.stats import bootstrap
+
     res = retrieval_metrics(sim, caption_video)
+    t2v, v2t = t2v_ranks(sim, caption_video), v2t_ranks(sim, caption_video)
+    # per-query ranks (paired tests between reducers on the same queries) and 95 % intervals
+    res["ranks"] = {"t2v": t2v.astype(int).tolist(), "v2t": v2t.astype(int).tolist()}
+    res["ci"] = {m: [i.low, i.high] for m, i in bootstrap(t2v, v2t).items()}
     n_vid = sim.shape[1]
     res.update({f"chance_R@{k}": 100.0 * min(k, n_vid) / n_vid for k in (1, 5, 10)})
     res.update(num_captions=int(sim.shape[0]), num_videos=int(n_vid))

@@ -22,13 +22,13 @@ METRICS = tuple(f"{d}_R@{k}" for d in ("t2v", "v2t") for k in KS) + ("R-Sum",)
 
 
 def _hits(ranks: np.ndarray) -> np.ndarray:
-    """``[n]`` ranks -> ``[3, n]`` float hit indicators for R@1, R@5, R@10 (in %)."""
+    """``[n]`` ranks -> ``[3, n]`` boolean hits for R@1, R@5, R@10."""
     r = np.asarray(ranks)
     if r.ndim != 1 or r.size == 0:
         raise ValueError(f"ranks must be a non-empty 1-D array, got shape {r.shape}")
     if (r < 1).any():
         raise ValueError("ranks are 1-based; got a rank below 1")
-    return np.stack([(r <= k) * 100.0 for k in KS])
+    return np.stack([r <= k for k in KS])
 
 
 def _draws(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
@@ -38,8 +38,8 @@ def _draws(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
 def _samples(t2v: np.ndarray, v2t: np.ndarray, it: np.ndarray, iv: np.ndarray) -> np.ndarray:
     """``[7, n_boot]`` resampled metrics (METRICS order) for query draws ``it``, ``iv``."""
     ht, hv = _hits(t2v), _hits(v2t)
-    t = ht[:, it].mean(axis=2)  # [3, n_boot]
-    v = hv[:, iv].mean(axis=2)
+    t = ht[:, it].mean(axis=2) * 100.0  # [3, n_boot] (bool gather: 1 byte per draw)
+    v = hv[:, iv].mean(axis=2) * 100.0
     return np.concatenate([t, v, (t.sum(0) + v.sum(0))[None]])
 
 
@@ -61,7 +61,7 @@ class Interval:
 
 def point(t2v: np.ndarray, v2t: np.ndarray) -> dict[str, float]:
     """R@1/5/10 in both directions and R-Sum, in %."""
-    t, v = _hits(t2v).mean(axis=1), _hits(v2t).mean(axis=1)
+    t, v = _hits(t2v).mean(axis=1) * 100.0, _hits(v2t).mean(axis=1) * 100.0
     vals = list(t) + list(v) + [float(t.sum() + v.sum())]
     return {m: float(x) for m, x in zip(METRICS, vals)}
 
