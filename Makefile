@@ -44,7 +44,7 @@ measure: install
 	  --reducers paper --batch-sizes 1 4 --repeats 3 --rounds 3 --out runs/measure.jsonl
 
 scale-bench: install
-	$(VENV)/bin/tokred scale-bench --out runs/scale
+	$(VENV)/bin/tokred sweep --config experiments/configs/scale_bench.yaml --out runs/scale
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache build *.egg-info

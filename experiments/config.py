@@ -2,10 +2,12 @@
 
 A config has a ``cost`` section (GMACs, tokens, memory, throughput; random weights are enough)
 and a ``quality`` section (retrieval after training-free insertion and after fine-tuning). Each
-section lists reducers as ``{name, options, sweep}``: ``options`` are fixed keyword arguments,
-``sweep`` maps an option to the list of values to try (a grid over all swept options). Every
-error is raised as :class:`ConfigError` before any trial runs, naming the file, the line and
-the fix.
+section lists reducers as ``{name, preset, options, sweep}``: ``preset`` is one of the reducer's
+presets (the papers' settings; also written ``name: centerclip.B6-4-49``), ``options`` are fixed
+keyword arguments over the preset's, ``sweep`` maps an option to the list of values to try (a
+grid over all swept options). A preset is resolved here to its options, so trials (and their
+ids) do not depend on how an entry was written. Every error is raised as :class:`ConfigError`
+before any trial runs, naming the file, the line and the fix.
 """
 
 from __future__ import annotations
@@ -26,32 +28,18 @@ from .schema import (
     TOP_KEYS,
 )
 from .schema import check_keys as _check_keys
+from .trial import Trial, make_trial
 from .validate import (
     check_data_files,
     check_data_paths,
     check_precision,
     check_recipe,
     check_reducer,
+    resolve_preset,
 )
 from .yamlconf import ConfigError, Located, expand_env, load_yaml
 
-__all__ = ["ConfigError", "SweepConfig", "Trial", "load_config", "load_yaml"]
-
-@dataclass(frozen=True)
-class Trial:
-    """One unit of work: ``settings`` fully describe it; ``id`` is a hash of them."""
-
-    id: str
-    kind: str  # "cost", "quality" or "provenance"
-    settings: dict
-
-    @property
-    def title(self) -> str:
-        s = self.settings
-        opts = ",".join(f"{k}={v}" for k, v in sorted(s["options"].items()))
-        where = s.get("backbone") or s.get("model")
-        extra = f" {s['mode']}" if "mode" in s else ""
-        return f"{self.kind} {where} {s['reducer']}{':' + opts if opts else ''}{extra}"
+__all__ = ["ConfigError", "SweepConfig", "load_config", "load_yaml"]
 
 
 @dataclass
@@ -71,11 +59,15 @@ def reducer_points(loc: Located, where: tuple) -> list[tuple[str, dict, str]]:
 
 
 def reducer_entries(loc: Located, where: tuple) -> list[tuple[str, dict, str, dict]]:
-    """Like :func:`reducer_points`, plus the entry itself (its ``modes`` / ``finetune``)."""
+    """Like :func:`reducer_points`, plus the entry itself (its ``modes`` / ``finetune``).
+
+    A point's options are the entry's preset's, then its ``options``, then one combination of
+    its ``sweep`` values, each over the one before.
+    """
     entries = _get(loc, where)
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"{loc.where(*where)}: 'reducers' must be a non-empty list of reducer "
-                          f"names or {{name, options, sweep}} mappings")
+                          f"names or {{name, preset, options, sweep}} mappings")
     points: list[tuple[str, dict, str, dict]] = []
     for i, entry in enumerate(entries):
         at = where + (i,)
@@ -85,7 +77,10 @@ def reducer_entries(loc: Located, where: tuple) -> list[tuple[str, dict, str, di
             raise ConfigError(f"{loc.where(*at)}: a reducer entry needs 'name' (e.g. "
                               f"{{name: tome, sweep: {{r: [2, 3]}}}}), got {entry!r}")
         _check_keys(loc, at, entry, REDUCER_KEYS, "reducer entry", ConfigError)
-        fixed = entry.get("options") or {}
+        name, preset = resolve_preset(entry["name"], entry.get("preset"),
+                                      loc.where(*at, "preset" if "preset" in entry else "name"),
+                                      ConfigError)
+        fixed = {**preset, **(entry.get("options") or {})}
         sweep = entry.get("sweep") or {}
         for key, values in sweep.items():
             if not isinstance(values, list) or not values:
@@ -93,8 +88,7 @@ def reducer_entries(loc: Located, where: tuple) -> list[tuple[str, dict, str, di
                                   f"be a non-empty list, e.g. {key}: [{values!r}]")
         keys = list(sweep)
         for combo in itertools.product(*(sweep[k] for k in keys)):
-            points.append((entry["name"], {**fixed, **dict(zip(keys, combo))}, loc.where(*at),
-                           entry))
+            points.append((name, {**fixed, **dict(zip(keys, combo))}, loc.where(*at), entry))
     return points
 
 
@@ -157,15 +151,6 @@ def _modes(loc: Located, where: tuple, modes: list, line: str | None = None) -> 
     return modes
 
 
-def _recipe_keys() -> dict[str, str]:
-    try:
-        from .quality import recipe_keys
-
-        return recipe_keys()
-    except ImportError:  # tokred.training missing: check against the documented subset
-        return RECIPE_KEYS
-
-
 def _quality_trials(loc: Located, preflight: bool = True) -> list[Trial]:
     sec = _section(loc, "quality", QUALITY_KEYS)
     if sec is None:
@@ -174,7 +159,7 @@ def _quality_trials(loc: Located, preflight: bool = True) -> list[Trial]:
     _check_keys(loc, ("quality", "data"), data, DATA_KEYS, "'quality.data'", ConfigError)
     for part in ("base", "finetune"):
         if part in sec:
-            _check_keys(loc, ("quality", part), sec[part] or {}, _recipe_keys(),
+            _check_keys(loc, ("quality", part), sec[part] or {}, RECIPE_KEYS,
                         f"'quality.{part}' recipe", ConfigError)
     check_data_paths(loc, sec, ConfigError, files=preflight)
     modes = _modes(loc, ("quality", "modes"), sec.get("modes", list(MODES)))
@@ -195,7 +180,7 @@ def _quality_trials(loc: Located, preflight: bool = True) -> list[Trial]:
     for name, options, line, entry in reducer_entries(loc, ("quality", "reducers")):
         check_reducer(name, options, model, frames, line, ConfigError)
         own = entry.get("finetune") or {}
-        _check_keys(loc, (), own, _recipe_keys(), f"finetune of entry at {line}", ConfigError)
+        _check_keys(loc, (), own, RECIPE_KEYS, f"finetune of entry at {line}", ConfigError)
         recipe = {**(sec.get("finetune") or {}), **own}
         for mode in _modes(loc, (), entry["modes"], line) if "modes" in entry else modes:
             if mode == "finetuned":
@@ -254,13 +239,6 @@ def _quality_base_key(q: dict, model: str, frames: int) -> dict:
     """What the quality section's base model depends on (its cache key)."""
     return {"model": model, "weights": q.get("weights"), "frames": frames,
             "data": q.get("data") or {}, "base": q.get("base") or {}}
-
-
-def make_trial(kind: str, settings: dict) -> Trial:
-    from .records import trial_id
-
-    settings = {"kind": kind, **settings}
-    return Trial(trial_id(settings), kind, settings)
 
 
 def load_config(path: str | Path, cost_only: bool = False, preflight: bool = True) -> SweepConfig:

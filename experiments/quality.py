@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -19,21 +19,6 @@ import torch
 from .cache import DONE, cached_step
 
 log = logging.getLogger(__name__)
-
-# TrainConfig fields the sweep sets itself (a recipe may set every other field).
-MANAGED = {"data", "root", "split", "video_root", "out", "model", "pretrained", "init",
-           "reducer", "reducer_options", "frames"}
-
-
-def recipe_keys() -> dict[str, str]:
-    """Keys a ``base:`` / ``finetune:`` recipe may use: TrainConfig fields + eval_batch_size."""
-    from tokred.training import TrainConfig
-
-    keys = {f.name: f"tokred.training.TrainConfig.{f.name}" for f in fields(TrainConfig)
-            if f.name not in MANAGED}
-    keys["eval_batch_size"] = "videos per evaluation batch"
-    return keys
-
 
 def data_dir(data: dict, ctx) -> Path:
     """The dataset directory: MSR-VTT root as given, or the synthetic benchmark (cached)."""

@@ -16,14 +16,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from .published import load_published, published_for
 from .records import load_results, result_files
 from .tables import (
     PROTOCOL,
     RANK_COLS,
     cost_frame,
     is_spectral,
-    load_published,
-    published_for,
     quality_frame,
     spectral_note,
     test_text,
@@ -34,14 +33,24 @@ from .tables import (
 
 log = logging.getLogger(__name__)
 
-COST_COLS = ["setting", "weights", "GMACs", "fvcore GMACs", "GMACs %", "reducer GMACs",
+COST_COLS = ["setting", "preset", "weights", "GMACs", "fvcore GMACs", "GMACs %", "reducer GMACs",
              "tokens out", "act. MiB/video", "memory %", "ms/video", "videos/s", "timing spread",
              "speed-up", "trainable params", "trainable (LoRA)"]
 QUALITY_COLS = ["data", "setting", "MeM act. MiB/video", "ms/video", *RANK_COLS, "R-Sum",
-                "GMACs", "tokens out", "trainable params", "twin acc."]
+                "GMACs", "tokens out", "trainable params", "twin acc.", "preset"]
 GMACS_NOTE = ("GMACs = 10^9 multiply-accumulates of the visual tower per video, counted "
               "analytically from the token trace (1 MAC = 2 FLOPs; fvcore's 'flops' are MACs). "
               "'reducer GMACs' is the reducer's own estimated work (matching/clustering).")
+
+
+def with_presets(df: pd.DataFrame) -> pd.DataFrame:
+    """A ``preset`` column: the reducer preset each row's options amount to, defaults filled
+    (``tokred.preset_of``; None for other settings, whose ``setting`` text says it all)."""
+    if df.empty:
+        return df
+    from tokred import preset_of
+
+    return df.assign(preset=[preset_of(r, o) for r, o in zip(df["reducer"], df["options"])])
 
 
 def _published_cost(pubs: list[dict], row: pd.Series) -> tuple[str, str]:
@@ -107,13 +116,13 @@ def quality_section(df: pd.DataFrame, pubs: list[dict]) -> list[str]:
         if data != "synth":
             table["protocol"] = g["protocol"]
         table = _with_published(table, g, pubs, data, mode)
+        published = ("" if data == "synth" else " Rows 'published:' are the papers' numbers "
+                     "(V100 GB and ms) for the same setting. " + PROTOCOL_NOTE.get(data, ""))
         lines += [to_markdown(table), "",
                   "Columns follow CenterCLIP Table 3 (MeM, Speed, t2v/v2t R@1/5/10, MdR, MnR) "
-                  "extended with R-Sum (t2v+v2t R@1+5+10), GMACs (visual, per video), tokens out "
-                  "and trainable parameters." + ("" if data == "synth" else
-                                                 " Rows 'published:' are the papers' numbers "
-                                                 "(V100 GB and ms) for the same setting. "
-                                                 + PROTOCOL_NOTE.get(data, "")), ""]
+                  "extended with R-Sum (t2v+v2t R@1+5+10), GMACs (visual, per video), tokens out, "
+                  "trainable parameters and the reducer preset the setting amounts to."
+                  + published, ""]
         lines += spectral_lines(g, "counted over every test video evaluated")
         if data == "synth":
             lines += synth_detail(g, mode)
@@ -196,6 +205,7 @@ def _with_published(table: pd.DataFrame, g: pd.DataFrame, pubs: list[dict], data
         if p is not None:
             pub = {c: p.get(c) for c in RANK_COLS}
             pub.update({"data": data, "setting": f"published: {p['method']}",
+                        "preset": p.get("preset"),
                         "MeM act. MiB/video": f"{p['mem_gb']} GB ({p['hardware']})"
                         if p.get("mem_gb") else None,
                         "ms/video": f"{p['ms_per_video']} ({p['hardware']})"
@@ -230,7 +240,7 @@ def write_report(inputs: list[str | Path], out: str | Path, config=None) -> Path
         ids = {t.id for t in config.trials}
         records = [r for r in records if r["id"] in ids]
     pubs = load_published()
-    cost, quality = cost_frame(records), quality_frame(records)
+    cost, quality = with_presets(cost_frame(records)), with_presets(quality_frame(records))
     name = getattr(config, "name", None) or Path(inputs[0]).name
     lines = [f"# Sweep report: {name}", ""]
     desc = (getattr(config, "raw", {}) or {}).get("description")

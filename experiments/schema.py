@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import difflib
+from dataclasses import fields
 from typing import Any
+
+from tokred.training.config import TrainConfig
 
 TOP_KEYS = {
     "name": "short name of the sweep (used in report titles)",
@@ -54,17 +57,16 @@ DATA_KEYS = {
     "max_words": "caption length in tokens",
     "workers": "data-loading worker processes",
 }
-RECIPE_KEYS = {
-    "epochs": "training epochs", "steps": "training steps (overrides epochs)",
-    "batch_size": "videos per step", "lr": "peak learning rate", "weight_decay": "AdamW wd",
-    "warmup": "warm-up fraction", "lora": "LoRA rank (0: full fine-tuning)",
-    "freeze": "parameter groups to freeze", "precision": "fp32, bf16 or fp16 (AMP)",
-    "seed": "recipe seed", "max_words": "caption tokens", "workers": "loader workers",
-    "eval_batch_size": "videos per evaluation batch",
-}
+# TrainConfig fields the sweep sets itself; a ``base:`` / ``finetune:`` recipe may set the rest.
+MANAGED = {"data", "root", "split", "video_root", "out", "model", "pretrained", "init",
+           "reducer", "reducer_options", "frames"}
+RECIPE_KEYS = {**{f.name: f"tokred.training.TrainConfig.{f.name}" for f in fields(TrainConfig)
+                  if f.name not in MANAGED},
+               "eval_batch_size": "videos per evaluation batch"}
 REDUCER_KEYS = {
-    "name": "registered reducer name (tokred list shows them)",
-    "options": "fixed keyword options of the reducer",
+    "name": "registered reducer name, or name.PRESET (tokred list shows both)",
+    "preset": "a preset of the reducer (a paper setting, e.g. B6-4-49); options/sweep override it",
+    "options": "fixed keyword options of the reducer (over the preset's)",
     "sweep": "option -> list of values; every combination becomes a trial",
     "modes": "quality only: this entry's modes (default: the section's modes)",
     "finetune": "quality only: recipe keys overriding quality.finetune for this entry",

@@ -22,8 +22,9 @@ import time
 import traceback
 from pathlib import Path
 
-from .config import ConfigError, SweepConfig, Trial, load_config
+from .config import ConfigError, SweepConfig, load_config
 from .records import append_record, load_results, merge_files
+from .trial import Trial
 
 log = logging.getLogger("tokred_experiments.sweep")
 

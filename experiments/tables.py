@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
 import pandas as pd
 
-PUBLISHED_CSV = Path(__file__).with_name("published.csv")
+from .published import option_defaults
+
 DIRS = ("t2v", "v2t")
 RANK_COLS = [f"{d}_{m}" for d in DIRS for m in ("R@1", "R@5", "R@10", "MdR", "MnR")]
 
@@ -161,7 +161,7 @@ def spectral_cols(s: dict, m: dict) -> dict:
     """Spectral-graph counters of a record (``None``: a spectral row that predates them)."""
     if not is_spectral(s["reducer"], s["options"]) and "spectral_segments" not in m:
         return {}
-    k = s["options"].get("k", _defaults("centerclip").get("k"))
+    k = s["options"].get("k", option_defaults("centerclip").get("k"))
     return {"spectral segments": m.get("spectral_segments"),
             "spectral empty": m.get("spectral_empty_graph"), "spectral k": _fmt(k)}
 
@@ -287,60 +287,6 @@ def protocol(row) -> str:
         if _known(n) and int(n) != ref["train_videos"]:
             why.append(f"{int(n):,} training videos, not {ref['train_videos']:,}")
     return "as published" if not why else "not comparable: " + "; ".join(why)
-
-
-def load_published(path: Path = PUBLISHED_CSV) -> list[dict]:
-    """Rows of ``published.csv`` with ``options`` parsed from ``k=v;k=v``."""
-    if not path.exists():
-        return []
-    rows = []
-    with open(path, newline="") as f:
-        for row in csv.DictReader(line for line in f if not line.startswith("#")):
-            opts = {}
-            for item in filter(None, (row.get("options") or "").split(";")):
-                k, _, v = item.partition("=")
-                opts[k.strip()] = _num(v.strip())
-            rows.append({**{k: _num(v) for k, v in row.items() if k != "options"},
-                         "options": opts})
-    return rows
-
-
-def _num(v):
-    if v in ("", None):
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return v
-    return int(f) if f.is_integer() and "." not in str(v) else f
-
-
-def matches(pub: dict, backbone: str, reducer: str, options: dict) -> bool:
-    """The published row describes the same backbone, reducer and (defaulted) options."""
-    if pub["backbone"] != backbone or pub["reducer"] != reducer:
-        return False
-    full = {**_defaults(reducer), **options}
-    return all(full.get(k) == v for k, v in pub["options"].items())
-
-
-def _defaults(reducer: str) -> dict:
-    try:
-        from tokred import reducer_options
-
-        return reducer_options(reducer)
-    except Exception:  # report must work without the plugin installed
-        return {}
-
-
-def published_for(rows: list[dict], backbone: str, reducer: str, options: dict,
-                  dataset: str, mode: str | None = None) -> dict | None:
-    """The first published row with the same dataset, mode and setting (None if none)."""
-    for p in rows:
-        if p.get("dataset") != dataset or (mode is not None and p.get("mode") != mode):
-            continue
-        if matches(p, backbone, reducer, options):
-            return p
-    return None
 
 
 def to_markdown(df: pd.DataFrame, floatfmt: str = ".2f") -> str:

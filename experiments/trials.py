@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from .config import Trial
 from .tables import normalise_measure
+from .trial import Trial
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from tokred import BackboneSpec, create_reducer
+from tokred import BackboneSpec, create_reducer, list_reducers, resolve_options
+from tokred.registry import split_spec
+from tokred.training.config import TrainConfig
 
 
 @cache
@@ -66,6 +68,31 @@ def check_reducer(name: str, options: dict, model: str, frames: int, where: str,
                     f"{err}; change the option value or 'frames'") from None
 
 
+def resolve_preset(spec: Any, preset: Any, where: str,
+                   error: type[Exception]) -> tuple[str, dict]:
+    """``(reducer name, preset options)`` of a ``name`` / ``name.PRESET`` spec and a ``preset``.
+
+    The options are the preset's as the reducer class declares them (``{}`` without a preset),
+    so an entry written with a preset makes the same trials, and trial ids, as one with those
+    options written out. Raises ``error`` naming ``where`` for an unknown preset (with the
+    reducer's presets and close matches) or a spec and a preset that disagree.
+    """
+    if not isinstance(spec, str):
+        raise error(f"{where}: a reducer name must be a string such as tome or "
+                    f"centerclip.B6-4-49, got {spec!r}")
+    name, tag = split_spec(spec)
+    if (tag is None and preset is None) or name not in list_reducers():
+        return name, {}  # an unknown name is reported by check_reducer, with close matches
+    try:
+        return resolve_options(spec, None if preset is None else str(preset))
+    except KeyError as err:
+        raise error(f"{where}: {err.args[0]}; fix the preset (tokred list shows every "
+                    f"reducer's presets) or write the options out") from None
+    except (ImportError, ValueError) as err:
+        raise error(f"{where}: reducer {name!r} cannot be loaded ({err}); install it or remove "
+                    f"it from the config") from None
+
+
 def check_data_paths(loc: Any, sec: dict, error: type[Exception], files: bool = True) -> None:
     """Stop at once when the quality section needs files that are not there (``files=False``:
     check the data kind only)."""
@@ -107,10 +134,6 @@ def check_recipe(recipe: dict, reducer: str, options: dict, model: str, frames: 
     frame pool smaller than train_frames, patch dropout with a reducer other than none, ...),
     before any trial runs instead of after the base model has trained.
     """
-    try:
-        from tokred.training import TrainConfig
-    except ImportError:  # the library is not importable: key checks only
-        return
     kw = {k: v for k, v in recipe.items() if k != "eval_batch_size"}
     try:
         TrainConfig(model=model, frames=frames, reducer=reducer, reducer_options=options, **kw)

@@ -8,9 +8,10 @@ import time
 import pytest
 import torch
 
-from tokred.retrieval.evaluate import format_metrics
-from tokred.scale_bench import BenchConfig, evaluate_reducer, load_data, prepare_synth, train_base
-from tokred.synth import SynthConfig
+from tokred.data import load_split
+from tokred.retrieval.evaluate import evaluate, format_metrics, load_model
+from tokred.synth import SynthConfig, generate, load_meta
+from tokred.training import TrainConfig, train
 
 # Static captions only at test time ("a red circle and a blue square"): learnable in a minute.
 SYNTH = SynthConfig(
@@ -27,25 +28,17 @@ SYNTH = SynthConfig(
 @pytest.mark.slow
 def test_scale_model_learns_synthetic_retrieval(tmp_path):
     t0 = time.perf_counter()
-    root = tmp_path / "synth"
-    prepare_synth(root, SYNTH)
-    data = load_data(root, train_frames=2, eval_frames=4, finetune=False)
-    cfg = BenchConfig(  # 60 steps: too short for the benchmark's frame pool / patch dropout
-        out=str(tmp_path),
-        train_frames=2,
-        frame_pool=0,
-        patch_dropout=0.0,
-        eval_frames=4,
-        batch_size=32,
-        steps=60,
-        lr=1e-3,
-        warmup=0.1,
-        time_budget=None,
-        threads=1,
+    root = generate(tmp_path / "synth", SYNTH)
+    cfg = TrainConfig(  # 60 steps: too short for the benchmark's frame pool / patch dropout
+        data="msrvtt", root=str(root), out=str(tmp_path / "base"), model="scale-B32",
+        reducer="none", mode="scratch", frames=4, train_frames=2, batch_size=32, max_steps=60,
+        lr=1e-3, warmup=0.1, threads=1,
     )
-    base = train_base(cfg, data, root)
-    assert base["steps"] == 60 and base["loss"] < base["first_loss"]
-    res = evaluate_reducer(base["checkpoint"], "none", {}, data, out=tmp_path / "eval")
+    base = train(cfg)
+    assert base["steps"] == 60 and base["loss"] < base["losses"][0]
+    model = load_model(base["checkpoint"], "none", {}, frames=4)
+    res = evaluate(model, load_split("msrvtt", root, "test"), frames=4,
+                   synth_meta=load_meta(root), out=tmp_path / "eval")
     print(format_metrics(res), f"\ntotal {time.perf_counter() - t0:.0f}s")
     assert res["dataset"] == "synthetic" and res["num_videos"] == 20
     # chance: R@1 5 %, median rank 10.5; an untrained model stays there

@@ -7,9 +7,10 @@ import pytest
 import torch
 from tokred_experiments.plots import pareto_front
 from tokred_experiments.provenance import ProvenanceRecorder, destinations, provenance
+from tokred_experiments.published import load_published
 from tokred_experiments.records import append_record
 from tokred_experiments.report import QUALITY_COLS, _published_cost, write_report
-from tokred_experiments.tables import cost_frame, load_published, quality_frame
+from tokred_experiments.tables import cost_frame, quality_frame
 
 from tokred import create_reducer
 from tokred.encoder import VideoEncoder

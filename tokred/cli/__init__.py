@@ -23,7 +23,6 @@ COMMANDS = {
     "synth": ("tokred.cli.synth:main", "generate the synthetic video-text benchmark"),
     "train": ("tokred.cli.train:main", "fine-tune a retrieval model (full or LoRA; DDP via torchrun)"),
     "eval": ("tokred.cli.eval:main", "evaluate retrieval (R@K, MdR, MnR, R-Sum)"),
-    "scale-bench": ("tokred.scale_bench:main", "SYNTHETIC quality benchmark of every reducer"),
 }
 PLUGIN_HELP = {"sweep": "run a sweep config (cost, quality, provenance trials) and its report",
                "report": "tables and figures from sweep results",
