@@ -29,19 +29,27 @@ sweep: install
 smoke: install
 	$(VENV)/bin/tokred sweep --config experiments/configs/smoke.yaml --out runs/smoke
 
+# speed-up vs none measured in this process (interleaved rounds); ideal = GMACs ratio
 bench: install
-	$(VENV)/bin/tokred bench
+	$(VENV)/bin/tokred measure --model ViT-B-32 --reducer tome.r2 --batch-size 4 \
+	  --repeats 3 --warmup 1 --rounds 3 --skip-fvcore --skip-memory
 
+# CenterCLIP's paper settings (k-medoids and spectral) with the share of time in clustering
 bench-centerclip: install
-	$(VENV)/bin/tokred bench-centerclip --spectral
+	$(VENV)/bin/tokred measure --model ViT-B-32 --reducer centerclip.paper --batch-size 4 \
+	  --repeats 3 --warmup 1 --rounds 3 --site-timing --skip-fvcore --skip-memory
+	$(VENV)/bin/tokred measure --model ViT-B-16 --reducer centerclip.paper --batch-size 1 \
+	  --repeats 3 --warmup 1 --rounds 3 --site-timing --skip-fvcore --skip-memory
 
+# TempMe's paper settings, and one training step of its recipe (LoRA r=8 + temporal params)
 bench-tempme: install
-	$(VENV)/bin/tokred bench-tempme
+	$(VENV)/bin/tokred measure --model ViT-B-32 ViT-B-16 --reducer tempme.paper --batch-size 2 \
+	  --repeats 3 --warmup 1 --rounds 3 --train-step lora --skip-fvcore
 
 # issue-5 table: every reducer at its paper settings, B/32 + B/16 video, timm ViT-B/16 image mode
 measure: install
-	$(VENV)/bin/tokred measure --models ViT-B-32 ViT-B-16 timm:vit_base_patch16_224 \
-	  --reducers paper --batch-sizes 1 4 --repeats 3 --rounds 3 --out runs/measure.jsonl
+	$(VENV)/bin/tokred measure --model ViT-B-32 ViT-B-16 timm:vit_base_patch16_224 \
+	  --reducer paper --batch-size 1 4 --repeats 3 --rounds 3 --out runs/measure.jsonl
 
 scale-bench: install
 	$(VENV)/bin/tokred sweep --config experiments/configs/scale_bench.yaml --out runs/scale

@@ -141,18 +141,22 @@ def _trainable(cfg) -> int:
 
 
 def encoder_cost(enc, videos: torch.Tensor, batch: int = 4) -> dict:
-    """GMACs, tokens out, activation memory and inference speed of the evaluated encoder."""
-    from tokred.cost.analytic import gmacs
-    from tokred.cost.timing import time_calls
+    """GMACs, tokens out, activation memory and inference speed of the evaluated encoder.
 
-    from .trials import activation_mib
+    ``activation_mib``: what one video keeps for backward in full fine-tuning (training mode,
+    every parameter trainable; storages counted once, parameters excluded).
+    """
+    from tokred.cost.analytic import gmacs
+    from tokred.cost.memory import MB, finetune_activation_bytes
+    from tokred.cost.timing import fixed_video, time_calls
 
     frames = videos.shape[1]
     trace = enc.trace(frames)
     clip = videos[:batch].float()
     with torch.inference_mode():
         t = time_calls(lambda: enc(clip), items=clip.shape[0], warmup=1, repeats=3)
+    one = fixed_video(1, frames, enc.spec.image_size, clip.device)  # not an inference tensor
     return {"gmacs": gmacs(trace), "tokens_out": trace.tokens_out,
             "attn_tokens": trace.attn_tokens(), "videos_per_s": t.per_second,
             "ms_per_video": 1000 * t.median / clip.shape[0],
-            "activation_mib": activation_mib(enc, frames, enc.spec.image_size)}
+            "activation_mib": finetune_activation_bytes(enc, lambda: enc(one)) / MB}

@@ -23,28 +23,26 @@ def _fmt(v) -> str:
     return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
 
-def normalise_measure(rec: dict) -> dict:
-    """Add the sweep's flat keys to a ``tokred.cost.measure`` record (its keys are kept)."""
-    out = dict(rec)
-    timings = rec.get("timings", {})
-    out["throughput"] = {b: {"videos_per_s": t["per_second"],
-                             "ms_per_video": 1000 * t["median_s"] / t["items"],
-                             "spread": t["spread"], "times_s": t["times"]}
-                         for b, t in timings.items()}
-    if out["throughput"]:
-        best = max(out["throughput"].values(), key=lambda r: r["videos_per_s"])
-        out["videos_per_s"], out["ms_per_video"] = best["videos_per_s"], best["ms_per_video"]
-        out["videos_per_s_by_batch"] = rec.get("videos_per_s")
-    out["reducer_gmacs"] = rec.get("reducer_work_gmacs", 0.0)
-    out["activation_mib"] = rec.get("activation_mb_per_video_full")  # MB = 2**20 bytes there
-    out["activation_lora_mib"] = rec.get("activation_mb_per_video_lora")
-    out["trainable_params_lora"] = rec.get("trainable_params_lora")
-    out["cost_backend"] = "tokred.cost.measure"
-    return out
+def _timing(m: dict) -> dict:
+    """Speed columns of a cost record: at its best batch size (the highest videos/s).
+
+    Records written before the one cost record type (``videos_per_s`` a number, with
+    ``ms_per_video`` and a ``throughput`` dict beside it) are read as they were written.
+    """
+    by_batch = m.get("videos_per_s")
+    if not isinstance(by_batch, dict):
+        return {"ms/video": m.get("ms_per_video", math.nan),
+                "videos/s": math.nan if by_batch is None else by_batch,
+                "timing spread": _spread(m)}
+    if not by_batch:
+        return {"ms/video": math.nan, "videos/s": math.nan, "timing spread": math.nan}
+    best = max(by_batch, key=by_batch.get)
+    return {"ms/video": 1000 / by_batch[best], "videos/s": by_batch[best],
+            "timing spread": m.get("videos_per_s_spread", {}).get(best, math.nan)}
 
 
 def _spread(m: dict) -> float:
-    """Relative half-IQR of the timing at the best batch size (noise indicator)."""
+    """Relative half-IQR at the best batch size of an older record's ``throughput``."""
     runs = list((m.get("throughput") or {}).values())
     if not runs:
         return math.nan
@@ -57,17 +55,17 @@ def cost_frame(records: list[dict]) -> pd.DataFrame:
     for r in records:
         if r.get("kind") != "cost" or r.get("status") != "ok":
             continue
-        s, m = r["settings"], r["metrics"]
-        if "ms_per_video" not in m and "timings" in m:
-            m = normalise_measure(m)
+        s, m = r["settings"], r["metrics"]  # m: a tokred.cost.record.CostRecord
         rows.append({
             "id": r["id"], "backbone": s["backbone"], "weights": s.get("weights", "random"),
             "frames": s["frames"], "reducer": s["reducer"], "options": s["options"],
             "setting": setting(s["reducer"], s["options"]), "GMACs": m["gmacs"],
-            "reducer GMACs": m.get("reducer_gmacs", 0.0), "tokens out": m["tokens_out"],
-            "act. MiB/video": m.get("activation_mib", math.nan),
-            "ms/video": m["ms_per_video"], "videos/s": m["videos_per_s"],
-            "timing spread": _spread(m),
+            # older records: reducer_gmacs / activation_mib
+            "reducer GMACs": m.get("reducer_work_gmacs", m.get("reducer_gmacs", 0.0)),
+            "tokens out": m["tokens_out"],
+            "act. MiB/video": m.get("activation_mb_per_video_full",
+                                    m.get("activation_mib", math.nan)),
+            **_timing(m),
             "fvcore GMACs": m.get("fvcore_gmacs", math.nan),
             "trainable params": m.get("trainable_params", 0),
             "trainable (LoRA)": m.get("trainable_params_lora"),

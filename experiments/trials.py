@@ -1,15 +1,14 @@
 """What one trial does: a thin layer over the library's cost and retrieval functions.
 
 ``run_trial(trial, ctx)`` returns the metrics dict of one trial; the runner adds settings,
-versions and status around it. Cost trials use ``tokred.cost.measure.measure`` when it is
-available and otherwise compute the same quantities from the encoder's token trace.
+versions and status around it. A cost trial's metrics are the library's cost record
+(``tokred.cost.measure.measure``) unchanged, plus the reducer's diagnostics.
 """
 
 from __future__ import annotations
 
 import logging
 import platform
-import resource
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,6 @@ from typing import Any
 
 import torch
 
-from .tables import normalise_measure
 from .trial import Trial
 
 log = logging.getLogger(__name__)
@@ -84,19 +82,17 @@ def _backbone(name: str, weights: str, ctx: Context):
 
 
 def cost_trial(s: dict, ctx: Context) -> dict:
-    """GMACs, tokens, throughput and activation memory of one reducer setting."""
+    """The cost record of one reducer setting (``tokred.cost.record.CostRecord``, as a dict)."""
+    from tokred.cost.measure import measure
+
     from .facts import cost_diagnostics  # reducer counters (CenterCLIP's empty spectral graphs)
 
-    try:
-        from tokred.cost.measure import measure
-    except ImportError:  # older library: compute the same quantities here
-        return {**_cost_direct(s, ctx), **cost_diagnostics(s, ctx.device)}
     rec = measure(s["backbone"], s["reducer"], s["options"], s["frames"],
                   batch_sizes=s["batch_sizes"], repeats=s["repeats"], warmup=s["warmup"],
                   device=ctx.device, fvcore=s.get("fvcore", True), activation=s["memory"],
                   quick_gelu=cost_activation(s) == "quick_gelu",
                   **({"clock": s["clock"]} if "clock" in s else {}))
-    return {**normalise_measure(rec), **cost_diagnostics(s, ctx.device)}
+    return {**rec, **cost_diagnostics(s, ctx.device)}
 
 
 def cost_activation(s: dict) -> str:
@@ -106,80 +102,6 @@ def cost_activation(s: dict) -> str:
 
     weights = s.get("weights", "random")
     return activation_for(s["backbone"], None if weights in (None, "random") else weights)
-
-
-def _cost_direct(s: dict, ctx: Context) -> dict:
-    from tokred import create_reducer
-    from tokred.backbones.weights import activation_of
-    from tokred.cost.analytic import gmacs
-    from tokred.cost.timing import time_calls
-    from tokred.encoder import VideoEncoder
-
-    backbone = _backbone(s["backbone"], s["weights"], ctx)
-    reducer = create_reducer(s["reducer"], **s["options"])
-    enc = VideoEncoder(backbone, reducer, s["frames"]).eval()
-    trace = enc.trace(s["frames"])
-    g = gmacs(trace)
-    work = reducer.work_macs(trace) / 1e9
-    out: dict[str, Any] = {
-        "gmacs": g, "gflops": 2 * g, "reducer_gmacs": work,
-        "tokens_out": trace.tokens_out, "attn_tokens": trace.attn_tokens(),
-        "mlp_tokens": trace.mlp_tokens(), "trace": trace.to_dict(),
-        "trainable_params": sum(p.numel() for p in reducer.parameters() if p.requires_grad),
-        "activation": activation_of(backbone.visual), "throughput": {},
-    }
-    size = enc.spec.image_size
-    gen = torch.Generator().manual_seed(0)
-    for b in s["batch_sizes"]:
-        video = torch.randn(b, s["frames"], 3, size, size, generator=gen)
-        with torch.inference_mode():
-            t = time_calls(lambda v=video: enc(v), items=b, warmup=s["warmup"],
-                           repeats=s["repeats"], device=ctx.device)
-        out["throughput"][str(b)] = {"videos_per_s": t.per_second,
-                                     "ms_per_video": 1000 * t.median / b, "spread": t.spread,
-                                     "times_s": t.times}
-    best = max(out["throughput"].values(), key=lambda r: r["videos_per_s"])
-    out["videos_per_s"] = best["videos_per_s"]
-    out["ms_per_video"] = best["ms_per_video"]
-    if s["memory"]:
-        out["activation_mib"] = activation_mib(enc, s["frames"], size)
-    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out["cost_backend"] = "trial-direct"
-    return out
-
-
-def activation_mib(enc, frames: int, size: int) -> float:
-    """MiB of activations one video keeps for backward (training memory, device-independent).
-
-    Counts the bytes of every tensor autograd saves during a forward in training mode with all
-    parameters trainable (full fine-tuning), via ``saved_tensors_hooks``; tensors saved twice
-    (same storage) are counted once and parameters are excluded.
-    """
-    params = {p.data_ptr() for p in enc.parameters()}
-    seen: set[tuple[int, int]] = set()
-    total = 0
-
-    def pack(t: torch.Tensor):
-        nonlocal total
-        key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
-        if key[0] not in params and key not in seen:
-            seen.add(key)
-            total += key[1]
-        return t
-
-    video = torch.randn(1, frames, 3, size, size)
-    flags = [(p, p.requires_grad) for p in enc.parameters()]
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        enc.train()
-        try:
-            for p, _ in flags:
-                p.requires_grad_(True)
-            enc(video).sum()
-        finally:
-            enc.eval()
-            for p, flag in flags:
-                p.requires_grad_(flag)
-    return total / 2**20
 
 
 def provenance_trial(s: dict, ctx: Context) -> dict:

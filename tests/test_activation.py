@@ -238,10 +238,10 @@ def test_cost_records_name_the_activation_and_quick_gelu_costs_memory():
 
 
 def test_sweep_cost_trial_activation(tmp_path):
-    from tokred_experiments.trials import Context, _cost_direct, cost_activation
+    from tokred_experiments.trials import Context, cost_activation, cost_trial
 
     assert cost_activation({"backbone": "ViT-B-16", "weights": "random"}) == "quick_gelu"
     assert cost_activation({"backbone": SCALE, "weights": "random"}) == "gelu"
     s = {"backbone": SCALE, "weights": "random", "reducer": "none", "options": {}, "frames": 1,
          "batch_sizes": [1], "repeats": 1, "warmup": 0, "memory": False}
-    assert _cost_direct(s, Context(tmp_path))["activation"] == "gelu"
+    assert cost_trial(s, Context(tmp_path))["activation"] == "gelu"

@@ -192,17 +192,21 @@ def one_thread():
     torch.set_num_threads(old)
 
 
-def test_bench_case_times_the_clustering_step_on_its_real_input(one_thread):
-    from tokred.bench_centerclip import Case
+def test_site_timing_times_the_clustering_step_on_its_real_input(one_thread):
+    from tokred.cost import compare, site_timing
+    from tokred.cost.build import build
+    from tokred.cost.measure import measure
 
-    base = Case("none", "scale-B32", "none", {}, 1, 12)
-    case = Case("cc", "scale-B32", "centerclip", {"segments": 3}, 1, 12)
-    assert base._inputs == [] and [layer for layer, _ in case._inputs] == [6]
-    s = case._inputs[0][1]
-    assert (s.groups, s.tokens, s.batch) == (12, 50, 1)  # block-6 input, before clustering
-    for c in (base, case):
-        c.time(warmup=0, repeats=1)
-    row = case.row(base)
-    assert row["tokens"] == [600] * 6 + [150] * 6
+    none = site_timing(build("scale-B32", "none").encoder, 12, batch=1, warmup=0, repeats=1)
+    cc = site_timing(build("scale-B32", "centerclip", {"segments": 3}).encoder, 12, batch=1,
+                     warmup=0, repeats=1)
+    assert none.inputs == {} and list(cc.inputs) == ["pre_block@6"]
+    assert cc.inputs["pre_block@6"] == (1, 12, 50)  # (videos, groups, tokens): block-6 input
+    assert 0 < cc.share < 1 and len(cc.forward.times) == 1
+    fast = dict(batch_sizes=(1,), repeats=1, warmup=0, fvcore=False, activation=False)
+    base = measure("scale-B32", "none", {}, 12, **fast)
+    row = measure("scale-B32", "centerclip", {"segments": 3}, 12, site_share=True, **fast)
+    row.update(compare(row, base))
+    assert row["attn_tokens"] == [600] * 6 + [150] * 6
     assert row["ideal_speedup"] == pytest.approx(row["speedup"] / row["ratio"])
-    assert 0 < row["cluster_share"] < 1 and len(case.cluster_times) == 1
+    assert 0 < row["site_share"] < 1 and list(row["site_seconds"]) == ["pre_block@6"]

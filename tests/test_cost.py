@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from tokred import create_reducer, list_reducers
+from tokred import create_reducer, list_reducers, paper_presets
+from tokred.cli.measure import main
 from tokred.cost import (
     activation_bytes,
     fvcore_video_macs,
@@ -19,8 +20,9 @@ from tokred.cost import (
     train_step_time,
     visual_macs,
 )
-from tokred.cost.measure import PAPER_CONFIGS, main, measure, paper_reducers
+from tokred.cost.measure import measure
 from tokred.cost.memory import activation_per_video, cuda_peak_mb, module_tensors, peak_rss_mb
+from tokred.cost.specs import reducer_specs
 from tokred.encoder import Trace, VideoEncoder
 from tokred.training.precision import autocast
 
@@ -36,9 +38,9 @@ def one_thread():
 
 
 def _configs(model: str) -> list[tuple[str, dict]]:
-    table = PAPER_CONFIGS[model]
-    return [("none", {})] + [(n, o) for n in list_reducers() if n != "none"
-                             for o in table.get(n, [{}])]
+    """The papers' settings on ``model`` (presets), and the defaults of reducers without any."""
+    return [(s.name, s.options) for s in reducer_specs(["paper"], model)] + [
+        (n, {}) for n in list_reducers() if n != "none" and not paper_presets(n, model)]
 
 
 def _reducer(name: str, opts: dict):
@@ -316,8 +318,9 @@ def test_measure_record_is_consistent():
 
 def test_measure_command_writes_jsonl_and_table(tmp_path, capsys):
     out = tmp_path / "cost.jsonl"
-    assert main(["--models", "scale-B32", "--reducers", "none", "tome:r=3", "--batch-sizes", "1",
-                 "--repeats", "1", "--warmup", "0", "--skip-memory", "--out", str(out)]) == 0
+    assert main(["--model", "scale-B32", "--reducer", "none", "tome:r=3", "--batch-size", "1",
+                 "--repeats", "1", "--warmup", "0", "--rounds", "1", "--skip-memory",
+                 "--out", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(r["reducer"], r["options"]) for r in rows] == [("none", {}), ("tome", {"r": 3})]
     text = capsys.readouterr().out
@@ -325,8 +328,10 @@ def test_measure_command_writes_jsonl_and_table(tmp_path, capsys):
 
 
 def test_paper_reducers_lists_every_registered_reducer():
-    names = {n for n, _ in paper_reducers("ViT-B-16")}
-    assert names == set(list_reducers())
-    assert ("tempme", {"r": 10}) in paper_reducers("ViT-B-16")
-    assert paper_reducers("timm:vit_base_patch16_224") == [("none", {}), ("tome", {"r": 16})]
+    specs = reducer_specs(["paper"], "ViT-B-16")
+    assert {s.name for s in specs} == {n for n in list_reducers()
+                                       if n == "none" or paper_presets(n, "ViT-B-16")}
+    assert any(s.name == "tempme" and s.options["r"] == 10 for s in specs)
+    timm_specs = reducer_specs(["paper"], "timm:vit_base_patch16_224")
+    assert [(s.name, s.options) for s in timm_specs] == [("none", {}), ("tome", {"r": 16})]
 

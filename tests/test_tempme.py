@@ -244,7 +244,7 @@ def test_temporal_parameters_setup_is_idempotent_and_saved():
 
 
 def test_dash_form_from_bench_specs():
-    from tokred.bench import parse_reducer
+    from tokred.cost.specs import parse_reducer
 
     name, opts = parse_reducer("tempme:merge_layers=6-8-10,merge_frames=3-2-2,r=3")
     reducer = create_reducer(name, **opts)
@@ -338,18 +338,17 @@ def test_work_macs_counts_only_merging_layers(scale):
 def test_bench_command_runs_on_the_scale_model(tmp_path):
     import json
 
-    from tokred.bench_tempme import main
+    from tokred.cli.measure import main
 
-    path = tmp_path / "bench.json"
-    assert main(["--models", "scale-B32", "--train-model", "scale-B32", "--repeats", "1",
-                 "--warmup", "0", "--batch", "1", "--train-batch", "2", "--train-repeats", "1",
-                 "--threads", "1", "--json", str(path)]) == 0
-    rec = json.loads(path.read_text())
-    none, tempme = rec["inference"]
+    path = tmp_path / "bench.jsonl"
+    assert main(["--model", "scale-B32", "--reducer", "tempme", "--repeats", "1", "--warmup", "0",
+                 "--rounds", "1", "--batch-size", "1", "--train-step", "lora", "--train-batch",
+                 "2", "--threads", "1", "--skip-fvcore", "--out", str(path)]) == 0
+    none, tempme = [json.loads(line) for line in path.read_text().splitlines()]
+    assert (none["reducer"], tempme["reducer"]) == ("none", "tempme")
     assert (none["tokens_out"], tempme["tokens_out"]) == (600, 97)
     assert tempme["ideal_speedup"] == pytest.approx(none["gmacs"] / tempme["gmacs"])
-    train = {r["reducer"]: r for r in rec["train"]}
-    assert train["tempme"]["trainable"] - train["none"]["trainable"] == 128 * (12 + 6 + 3)
-    assert 0 < train["tempme"]["act_per_video"] < train["none"]["act_per_video"]
-    assert train["tempme"]["memory_ratio"] == pytest.approx(
-        train["tempme"]["act_per_video"] / train["none"]["act_per_video"])
+    assert tempme["trainable_params_lora"] - none["trainable_params_lora"] == 128 * (12 + 6 + 3)
+    lora = "activation_mb_per_video_lora"
+    assert 0 < tempme[lora] < none[lora] and tempme["train_step_s"] > 0
+    assert tempme["memory_ratio"] == pytest.approx(tempme[lora] / none[lora])

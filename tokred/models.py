@@ -1,5 +1,6 @@
 """The factory: CLIP models (open_clip architectures with random weights, a pretrained tag or a
-local file, and the embedded scale models) and video encoders over their visual towers.
+local file, and the embedded scale models), backbones (a CLIP's visual tower or a ``timm:NAME``
+ViT, each behind its adapter) and video encoders over them.
 
 Which MLP activation a model needs (QuickGELU or GELU) is decided by
 :func:`tokred.backbones.weights.activation_for`; weight files are read there too.
@@ -10,16 +11,26 @@ from __future__ import annotations
 import copy
 import logging
 import os
+from typing import NamedTuple
 
 from torch import nn
 
-from tokred.backbones import OpenCLIPVisual
+from tokred.backbones import OpenCLIPVisual, ViTAdapter
 from tokred.backbones.embedded import EMBEDDED_MODELS
 from tokred.backbones.weights import activation_for
 from tokred.encoder import VideoEncoder
 from tokred.reducer import TokenReducer
 
 log = logging.getLogger(__name__)
+TIMM_PREFIX = "timm:"  # a backbone name "timm:NAME" is timm.create_model(NAME)
+
+
+class Backbone(NamedTuple):
+    """A visual adapter and the model it wraps (the CLIP with both towers, or the timm model)."""
+
+    adapter: ViTAdapter
+    host: nn.Module
+
 
 def create_clip(
     name: str,
@@ -97,6 +108,41 @@ def create_video_encoder(
     pretrained: str | None = None,
     **kwargs,
 ) -> VideoEncoder:
-    """A :class:`VideoEncoder` over the visual tower of :func:`create_clip` ``(name, pretrained)``."""
-    model = create_clip(name, pretrained, **kwargs)
-    return VideoEncoder(OpenCLIPVisual(model.visual, name=name), reducer, frames)
+    """A :class:`VideoEncoder` over the adapter of :func:`create_backbone` ``(name, pretrained)``."""
+    return VideoEncoder(create_backbone(name, pretrained, **kwargs).adapter, reducer, frames)
+
+
+def create_backbone(
+    name: str,
+    pretrained: str | None = None,
+    *,
+    precision: str = "fp32",
+    device: str = "cpu",
+    quick_gelu: bool | None = None,
+) -> Backbone:
+    """The visual adapter of ``name`` and its host model.
+
+    Args:
+        name: an open_clip model name or embedded scale model (see :func:`create_clip`), or
+            ``timm:NAME`` for a timm ``VisionTransformer`` (random weights, image mode with
+            ``T = 1``).
+        pretrained, precision, device, quick_gelu: as in :func:`create_clip` (CLIPs only).
+
+    Raises:
+        ValueError: ``pretrained`` or ``quick_gelu=True`` for a timm model.
+    """
+    if not name.startswith(TIMM_PREFIX):
+        host = create_clip(name, pretrained, precision=precision, device=device,
+                           quick_gelu=quick_gelu)
+        return Backbone(OpenCLIPVisual(host.visual, name=name), host)
+    if pretrained is not None:
+        raise ValueError(f"{name}: timm models are built with random weights here; load a state "
+                         f"dict into create_backbone({name!r}).host yourself")
+    if quick_gelu:
+        raise ValueError(f"quick_gelu=True is for open_clip CLIPs, not {name} (timm ViTs are GELU)")
+    import timm
+
+    from tokred.backbones.timmvit import TimmViT
+
+    host = timm.create_model(name[len(TIMM_PREFIX):], pretrained=False).to(device)
+    return Backbone(TimmViT(host, name), host)

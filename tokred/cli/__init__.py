@@ -16,10 +16,7 @@ from importlib import metadata
 COMMAND_GROUP = "tokred.commands"
 COMMANDS = {
     "list": ("tokred.cli:list_main", "list the available reducers and their options"),
-    "bench": ("tokred.bench:main", "speed of reducers vs none on random weights"),
-    "bench-centerclip": ("tokred.bench_centerclip:main", "CenterCLIP speed, incl. time in clustering"),
-    "bench-tempme": ("tokred.bench_tempme:main", "TempMe speed and LoRA training step vs none"),
-    "measure": ("tokred.cost.measure:main", "GMACs (analytic + fvcore), memory, throughput records"),
+    "measure": ("tokred.cli.measure:main", "GMACs, tokens, memory, speed-up vs none (one table)"),
     "synth": ("tokred.cli.synth:main", "generate the synthetic video-text benchmark"),
     "train": ("tokred.cli.train:main", "fine-tune a retrieval model (full or LoRA; DDP via torchrun)"),
     "eval": ("tokred.cli.eval:main", "evaluate retrieval (R@K, MdR, MnR, R-Sum)"),

@@ -65,8 +65,13 @@ NO_ARITHMETIC = frozenset({
     "aten::diagonal", "aten::fill_diagonal_", "aten::eye", "aten::sign", "aten::floor",
     "aten::tensor", "aten::scalar_tensor", "aten::logical_not", "aten::logical_and",
     "aten::__iand__", "aten::__ior__", "aten::__or__", "aten::__xor__", "aten::logical_or",
-    "aten::embedding",
+    "aten::embedding", "aten::diag_embed",
 })
+# Decompositions whose arithmetic depends on convergence: no fixed MAC count, so neither fvcore
+# nor this module counts them (a reducer's ``work_macs`` estimates them); named apart as
+# ``uncounted``, never mistaken for an op that escaped the handles.
+ITERATIVE = frozenset({"aten::linalg_svd", "aten::_linalg_svd", "aten::linalg_eigh",
+                       "aten::_linalg_eigh", "aten::linalg_eig"})
 
 
 LAYER_OPS = frozenset({
@@ -144,6 +149,7 @@ class FvcoreCount:
         by_op: MACs per operator name (fvcore's short names: ``linear``, ``conv``, ...).
         other_by_op: the ``other`` count per operator.
         unaccounted: ops fvcore saw that no handle or list here classifies (should be empty).
+        uncounted: calls of :data:`ITERATIVE` decompositions seen (arithmetic not counted).
     """
 
     macs: int
@@ -151,6 +157,7 @@ class FvcoreCount:
     by_op: dict[str, int] = field(default_factory=dict)
     other_by_op: dict[str, int] = field(default_factory=dict)
     unaccounted: dict[str, int] = field(default_factory=dict)
+    uncounted: dict[str, int] = field(default_factory=dict)
 
     @property
     def layer_macs(self) -> int:
@@ -212,10 +219,14 @@ def count_macs(model: nn.Module, inputs: tuple[Tensor, ...]) -> FvcoreCount:
     contraction_names = {_short(op) for op in CONTRACTIONS} | {"conv"}
     macs = {k: v for k, v in by_op.items() if k in contraction_names}
     other = {k: v for k, v in by_op.items() if k not in contraction_names}
-    unaccounted = {op: n for op, n in fa.unsupported_ops().items() if op not in NO_ARITHMETIC}
+    unsupported = fa.unsupported_ops()
+    unaccounted = {op: n for op, n in unsupported.items()
+                   if op not in NO_ARITHMETIC and op not in ITERATIVE}
     if unaccounted:
         log.warning("fvcore saw ops that no handle classifies (not counted): %s", unaccounted)
-    return FvcoreCount(sum(macs.values()), sum(other.values()), macs, other, unaccounted)
+    uncounted = {op: n for op, n in unsupported.items() if op in ITERATIVE}
+    return FvcoreCount(sum(macs.values()), sum(other.values()), macs, other, unaccounted,
+                       uncounted)
 
 
 class _Traced(nn.Module):
@@ -267,4 +278,5 @@ def fvcore_video_macs(encoder: nn.Module, frames: int, batch: int = 1, trace=Non
         {k: v // batch for k, v in c.by_op.items()},
         {k: v // batch for k, v in c.other_by_op.items()},
         c.unaccounted,
+        c.uncounted,
     )

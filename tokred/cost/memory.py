@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import gc
+import importlib
 import json
 import logging
 import resource
@@ -84,6 +85,26 @@ def activation_per_video(
     return float(two - one), float(2 * one - two)
 
 
+def finetune_activation_bytes(module: nn.Module, forward: Callable[[], Tensor]) -> int:
+    """:func:`activation_bytes` of ``forward()`` as full fine-tuning runs it.
+
+    ``module`` is put in training mode with every parameter trainable (both restored
+    afterwards); its parameters and buffers are excluded from the count.
+    """
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    was_training = module.training
+    module.train()
+    try:
+        for p, _ in flags:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            return activation_bytes(forward, module_tensors(module))
+    finally:
+        module.train(was_training)
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
 def cuda_peak_mb(phases: dict[str, Callable[[], object]], device: torch.device | str) -> dict:
     """Peak allocated CUDA memory (MiB) of each phase, run in order.
 
@@ -147,13 +168,17 @@ def measure_rss_here(run: Callable[[], object]) -> dict:
     }
 
 
+DEFAULT_BUILDER = "tokred.cost.build:rss_job"
+
+
 def peak_rss_mb(job: dict, timeout: float = 900.0) -> dict:
     """Run one memory job in a fresh Python process and return its result.
 
     Args:
-        job: keyword arguments of :func:`tokred.cost.measure.rss_job` (model, reducer, options,
-            frames, batch, phase ``"infer"`` or ``"train"``, mode ``"full"`` or ``"lora"``,
-            precision, threads).
+        job: ``builder`` (a ``"module:function"`` path, default :func:`tokred.cost.build.rss_job`
+            that returns the callable to measure), ``threads`` (torch threads in the child) and
+            the builder's keyword arguments (for ``rss_job``: model, reducer, options, frames,
+            batch, phase ``"infer"`` or ``"train"``, mode ``"full"`` or ``"lora"``, precision).
 
     Raises:
         RuntimeError: the child failed, with its stderr tail.
@@ -168,13 +193,12 @@ def peak_rss_mb(job: dict, timeout: float = 900.0) -> dict:
 
 
 def _child(argv: list[str]) -> int:
-    from tokred.cost.measure import rss_job
-
     job = json.loads(argv[0])
     threads = job.pop("threads", None)
     if threads:
         torch.set_num_threads(int(threads))
-    run = rss_job(**job)
+    module, _, name = job.pop("builder", DEFAULT_BUILDER).partition(":")
+    run = getattr(importlib.import_module(module), name)(**job)
     print(json.dumps({**measure_rss_here(run), **job}))
     return 0
 

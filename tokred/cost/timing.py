@@ -209,12 +209,14 @@ def interleaved_throughput(
     """Throughput of several encoders measured in interleaved rounds (for a shared machine).
 
     Each round times every encoder in turn (``warmup`` discarded calls, then ``repeats``), so a
-    burst of load from other processes hits all of them alike instead of one; the timed samples
-    of all rounds are pooled into one :class:`Timing` per encoder and batch size.
+    burst of load from other processes hits all of them alike instead of one; every other round
+    runs in reverse order, so no encoder always follows the same one. The timed samples of all
+    rounds are pooled into one :class:`Timing` per encoder and batch size.
     """
     pooled: dict[str, dict[int, list[float]]] = {k: {b: [] for b in batch_sizes} for k in encoders}
-    for _ in range(rounds):
-        for key, enc in encoders.items():
+    order = list(encoders.items())
+    for rnd in range(rounds):
+        for key, enc in order if rnd % 2 == 0 else order[::-1]:
             t = frames[key] if isinstance(frames, dict) else frames
             out = inference_throughput(enc, t, batch_sizes, warmup, repeats, device, precision,
                                        clock)

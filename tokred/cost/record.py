@@ -1,0 +1,155 @@
+"""The one cost record: what :func:`tokred.cost.measure.measure` returns, ``tokred measure``
+writes (one JSON line each) and the sweep stores unchanged.
+
+A record is a plain ``dict`` (JSON as it is) typed by :class:`CostRecord`; keys a measurement
+did not run are absent. Every GMACs value is per video (per caption for text), FLOPs = 2 x MACs;
+"mb" is MiB (2**20 bytes). Per-batch-size values are keyed by the batch size as a string (JSON
+object keys). :func:`compare` is the one place speed-up, ideal speed-up and their ratio are
+computed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Optional, TypedDict
+
+from tokred.cost.timing import Timing
+
+
+class CostRecord(TypedDict, total=False):
+    """One (backbone, reducer setting) measured; see the module docstring for units."""
+
+    # what was measured
+    model: str  # open_clip name, scale model or timm:NAME
+    reducer: str
+    options: dict  # the reducer's keyword options (presets resolved)
+    preset: Optional[str]  # the preset tag the options amount to, if any
+    frames: int
+    precision: str
+    activation: Optional[str]  # the MLP activation of the network (quick_gelu / gelu)
+    spec: dict  # the backbone spec
+    env: dict  # device, threads, torch, clock, ...
+    # analytic MACs from the token trace
+    gmacs: float  # visual tower per video: patch embedding + blocks
+    gflops: float
+    readout_gmacs: float
+    reducer_work_gmacs: float  # the reducer's own estimated work (matching, clustering)
+    text_gmacs_per_caption: Optional[float]
+    text_tokens: int
+    tokens_out: int
+    readout_tokens: int
+    attn_tokens: list  # tokens per video entering attention, per layer
+    mlp_tokens: list
+    trace: dict
+    trainable_params: int
+    # fvcore's count of the actual forward
+    fvcore_gmacs: float
+    fvcore_layer_gmacs: float
+    fvcore_rest_gmacs: float
+    fvcore_other_gops: float
+    fvcore_by_op: dict
+    fvcore_unaccounted_ops: dict  # ops no handle classifies (should be empty)
+    fvcore_uncounted_ops: dict  # iterative decompositions (SVD): arithmetic not counted
+    fvcore_rel_diff: float  # fvcore / (analytic + readout + reducer work) - 1
+    # inference throughput, per batch size
+    videos_per_s: dict
+    videos_per_s_spread: dict  # half inter-quartile range / median
+    timings: dict  # Timing.to_dict() per batch size
+    speed_rounds: int  # interleaved rounds the samples were pooled from
+    # activation memory: bytes saved for backward per video (full fine-tuning, LoRA)
+    activation_mb_per_video_full: Optional[float]
+    activation_mb_per_video_lora: Optional[float]
+    activation_fixed_mb_full: float  # batch-independent saved bytes
+    activation_fixed_mb_lora: float
+    trainable_params_full: Optional[int]
+    trainable_params_lora: Optional[int]
+    full_unavailable: str  # why a mode could not be measured
+    lora_unavailable: str
+    # peak resident memory of fresh subprocesses (CPU) or peak allocated memory (CUDA)
+    rss_batch: int
+    rss_method: str
+    peak_rss_mb_infer_full: float
+    peak_rss_mb_train_full: float
+    peak_rss_mb_train_lora: float
+    cuda_batch: int
+    cuda_peak_mb_infer: float
+    cuda_peak_mb_train: float
+    cuda_base_mb_infer: float
+    cuda_base_mb_train: float
+    # one training step (forward, backward, AdamW)
+    train_step_mode: str  # "full" or "lora" (TempMe's recipe)
+    train_step_s: float
+    train_step_spread: float
+    train_batch: int
+    # time inside the reducer's own hooks (matching, merging, clustering)
+    site_share: float  # of the forward time
+    site_seconds: dict  # per video, by "pre_block@6" / "post_attn@3"
+    site_batch: int
+    # against the baseline (``none`` on the same model, same process): see compare()
+    speedup: float  # measured videos/s ratio at the largest batch size
+    ideal_speedup: float  # GMACs ratio
+    ratio: float  # speedup / ideal_speedup
+    train_step_ratio: float  # step time / the baseline's
+    memory_ratio: float  # activation per video / the baseline's (the train-step mode's)
+
+
+KEYS = frozenset(CostRecord.__annotations__)
+
+
+def speed_fields(timings: Mapping[int, Timing], rounds: int = 1) -> CostRecord:
+    """The throughput keys of a record from one :class:`Timing` per batch size."""
+    return CostRecord(
+        videos_per_s={str(b): t.per_second for b, t in timings.items()},
+        videos_per_s_spread={str(b): t.spread for b, t in timings.items()},
+        timings={str(b): t.to_dict() for b, t in timings.items()},
+        speed_rounds=rounds,
+    )
+
+
+def compare(rec: CostRecord, base: CostRecord) -> CostRecord:
+    """Speed-up, ideal speed-up (GMACs ratio) and their ratio of ``rec`` against ``base``.
+
+    Speed is compared at the largest batch size both were timed at; the training step and its
+    activation memory when both have them. Keys whose inputs are missing are left out.
+    """
+    out = CostRecord(ideal_speedup=base["gmacs"] / rec["gmacs"])
+    vps, vps0 = rec.get("videos_per_s") or {}, base.get("videos_per_s") or {}
+    shared = [b for b in vps if b in vps0]
+    if shared:
+        big = max(shared, key=int)
+        out["speedup"] = vps[big] / vps0[big]
+        out["ratio"] = out["speedup"] / out["ideal_speedup"]
+    if rec.get("train_step_s") and base.get("train_step_s"):
+        out["train_step_ratio"] = rec["train_step_s"] / base["train_step_s"]
+    key = f"activation_mb_per_video_{rec.get('train_step_mode', 'full')}"
+    if rec.get(key) and base.get(key):
+        out["memory_ratio"] = rec[key] / base[key]
+    return out
+
+
+def check_keys(rec: Mapping[str, Any]) -> CostRecord:
+    """``rec`` as a :class:`CostRecord`.
+
+    Raises:
+        KeyError: a key outside the record type (written by another version, or a typo).
+    """
+    unknown = sorted(set(rec) - KEYS)
+    if unknown:
+        raise KeyError(f"not cost-record keys: {', '.join(unknown)}; the keys are defined once "
+                       f"in tokred.cost.record.CostRecord")
+    return CostRecord(**rec)
+
+
+def append_jsonl(path: str | Path | None, records: Iterable[CostRecord]) -> None:
+    """Append one JSON line per record to ``path`` (nothing when ``path`` is None)."""
+    if path:
+        with open(path, "a") as f:
+            f.writelines(json.dumps(check_keys(rec)) + "\n" for rec in records)
+
+
+def read_jsonl(path: str | Path) -> list[CostRecord]:
+    """The records of a JSON-lines file written by :func:`append_jsonl`."""
+    with open(path) as f:
+        return [check_keys(json.loads(line)) for line in f if line.strip()]
