@@ -22,17 +22,14 @@ SHIPPED = ["default.yaml", "smoke.yaml", "msrvtt_vitb32.yaml", "msrvtt_vitb16.ya
 BUILT_IN = ["centerclip", "none", "pooling", "sparse", "tempme", "tome"]
 
 # Trial counts and ids of the shipped configs from before they used presets (options written
-# out): results recorded then are still found on resume.
+# out): results recorded then are still found on resume. default.yaml's quality section has
+# changed since (fixed-step base training, the frontier), so only its cost ids are pinned.
 BEFORE = {
-    "default.yaml": (43, {"e901e283ace5": "cost ViT-B-32 centerclip:k=49,layer=6,segments=4",
+    "default.yaml": (None, {"e901e283ace5": "cost ViT-B-32 centerclip:k=49,layer=6,segments=4",
                           "9dc0acd75209": "cost ViT-B-32 centerclip:k=49,layer=6,segments=6",
                           "79de459d7415": "cost ViT-B-32 centerclip:algorithm=spectral,k=49,"
                                           "layer=6,segments=4",
-                          "25a24986bd60": "cost ViT-B-16 sparse:k=160,layer=6,segments=4",
-                          "a81407cda236": "quality scale-B32 centerclip:k=49,layer=6,segments=4 "
-                                          "finetuned",
-                          "3fd3355d4e0f": "quality scale-B32 tome:r=2 training_free",
-                          "665a3a8c07dd": "provenance scale-B32 pooling:layer=6,segments=4"}),
+                          "25a24986bd60": "cost ViT-B-16 sparse:k=160,layer=6,segments=4"}),
     "smoke.yaml": (11, {"10f3761faac5": "quality scale-B32 tome:r=2 finetuned",
                         "e5a98b2e3420": "provenance scale-B32 tome:r=2"}),
     "msrvtt_vitb32.yaml": (38, {"aa06bf1ba5cb": "cost ViT-B-32 centerclip:algorithm=spectral,"
@@ -58,7 +55,7 @@ def default_paths(monkeypatch):
 def test_shipped_configs_keep_their_trial_ids(name):
     count, known = BEFORE[name]
     titles = {t.id: t.title for t in load_config(CONFIGS / name, preflight=False).trials}
-    assert len(titles) == count
+    assert count is None or len(titles) == count
     assert {i: titles.get(i) for i in known} == known
 
 

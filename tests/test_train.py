@@ -90,6 +90,17 @@ def test_resume_continues_at_the_right_step_and_matches(synth, tmp_path, tiny):
         torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=0, msg=k)
 
 
+def test_time_limit_is_a_recorded_safety_stop(synth, tmp_path, tiny):
+    # the schedule is the recipe's (6 steps); the limit stops early, saves and says so
+    stats = train(_cfg(synth, tmp_path, time_limit=1e-9))
+    assert stats["steps"] == 1 and stats["total_steps"] == 6
+    assert stats["stopped"] == "time_limit=1e-09min"
+    assert (tmp_path / "last.pt").is_file()
+    full = train(_cfg(synth, tmp_path / "full"))
+    assert full["stopped"] is None and full["steps"] == 6
+    assert full["losses"][0] == pytest.approx(stats["losses"][0])  # same first step
+
+
 def test_missing_video_is_named_before_training(synth, tmp_path, tiny):
     import shutil
 

@@ -45,9 +45,11 @@ class TrainConfig:
             memory (float16, up to :func:`cache_limit`); with ``skip_errors`` undecodable
             videos found then are named and left out instead of stopping the run.
         stop_at_step: stop (after saving) at this step as if interrupted; for resume tests.
-        time_budget: minutes; training ends at ``max_steps`` or when the budget is spent,
-            whichever comes first, and the LR schedule follows the same progress (so it anneals
-            fully by the deadline; runs that hit the budget are not bit-reproducible).
+        time_limit: minutes; a safety stop, not a length: training runs its ``max_steps`` /
+            ``epochs`` schedule (the LR follows steps only) unless this wall time is spent
+            first, in which case it stops after the current step, saves ``last.pt`` and records
+            ``stopped: time_limit=...`` (the result is then not the configured recipe; the
+            sweep report says so). Resuming continues the schedule.
     """
 
     data: str = "msrvtt"
@@ -88,7 +90,7 @@ class TrainConfig:
     save_every: int = 0
     resume: bool = False
     stop_at_step: int | None = None
-    time_budget: float | None = None
+    time_limit: float | None = None
     threads: int | None = None
 
     def __post_init__(self) -> None:

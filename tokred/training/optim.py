@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from typing import TYPE_CHECKING
 
 import torch
@@ -75,41 +74,21 @@ def make_optimizer(
 
 
 class WarmupCosine:
-    """LR factor: linear warm-up over steps, then cosine to zero over steps or a time budget.
+    """LR factor per optimizer step: linear warm-up, then cosine to zero at ``total_steps``.
 
-    Warm-up always counts steps (``warmup * total_steps`` of them: stability needs steps, not
-    seconds). The cosine's progress is ``step / total_steps``, or, with ``budget_s``, the
-    larger of that and the elapsed fraction of the budget, so a slow (or shared) machine still
-    anneals fully by the deadline. Step-based progress is deterministic; time-based progress is
-    not (a resumed run continues the clock from the checkpoint's ``elapsed``).
+    A function of the step alone, so the same recipe gives the same schedule on every machine
+    (a wall-clock limit, :attr:`TrainConfig.time_limit`, may stop training early but never
+    bends the schedule).
     """
 
-    def __init__(self, total_steps: int, warmup: float, budget_s: float | None = None) -> None:
-        self.total, self.budget_s = total_steps, budget_s
+    def __init__(self, total_steps: int, warmup: float) -> None:
+        self.total = total_steps
         self.warm = max(1, int(round(warmup * total_steps))) if warmup > 0 else 0
-        self.elapsed, self._t0 = 0.0, None
-
-    def clock(self) -> float:
-        """Seconds of training so far (starts on the first call, continues after a resume)."""
-        if self._t0 is None:
-            self._t0 = time.perf_counter() - self.elapsed
-        return time.perf_counter() - self._t0
-
-    def pause(self) -> None:
-        """Fold the running clock into ``elapsed`` (call before ``state_dict``)."""
-        if self._t0 is not None:
-            self.elapsed, self._t0 = self.clock(), None
-
-    def set_elapsed(self, seconds: float) -> None:
-        self.elapsed, self._t0 = seconds, None
-
-    def time_fraction(self) -> float:
-        return self.clock() / self.budget_s if self.budget_s else 0.0
 
     def __call__(self, step: int) -> float:
         ramp = (step + 1) / self.warm if step < self.warm else 1.0
         w = self.warm / self.total
-        progress = max(step / self.total, self.time_fraction())
+        progress = step / self.total
         return min(ramp, _cosine((progress - w) / (1 - w)) if progress > w else 1.0)
 
 
@@ -118,11 +97,7 @@ def _cosine(progress: float) -> float:
 
 
 def make_scheduler(
-    optimizer, total_steps: int, warmup: float, budget_s: float | None = None
+    optimizer, total_steps: int, warmup: float
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step LR schedule :class:`WarmupCosine` (``warmup`` is a fraction of the steps).
-
-    LambdaLR saves the schedule's state (its clock) with its own; a caller that needs the
-    schedule itself builds it and passes it to ``LambdaLR`` (see :func:`tokred.training.train`).
-    """
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(total_steps, warmup, budget_s))
+    """Per-step LR schedule :class:`WarmupCosine` (``warmup`` is a fraction of the steps)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(total_steps, warmup))
