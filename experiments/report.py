@@ -2,8 +2,8 @@
 
 Usage::
 
-    python -m tokred_experiments.report runs/default            # writes runs/default/report/
-    python -m tokred_experiments.report runs/a runs/b -o merged/  # several result dirs or files
+    tokred report runs/default            # writes runs/default/report/
+    tokred report runs/a runs/b -o merged/  # several result dirs or files
 """
 
 from __future__ import annotations
@@ -300,7 +300,7 @@ def _saved_config(inputs: list[str]):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tokred_experiments.report", description=__doc__,
+    p = argparse.ArgumentParser(prog="tokred report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", help="result dirs or results*.jsonl files")
     p.add_argument("-o", "--out", help="report dir (default: INPUT/report for one dir)")

@@ -1,12 +1,12 @@
 """Run a sweep config: expand into trials, run the unfinished ones, append results, report.
 
-Usage (from the repo root)::
+Usage::
 
-    python -m tokred_experiments.sweep --config experiments/configs/default.yaml --out runs/default
-    python -m tokred_experiments.sweep --config ... --out ... --shard 0/2      # half of the trials
-    python -m tokred_experiments.sweep --config ... --out ... --cost-only      # skip the quality part
-    python -m tokred_experiments.sweep --config ... --out ... --only-report    # tables + figures only
-    python -m tokred_experiments.sweep merge runs/a runs/b -o runs/all/results.jsonl
+    tokred sweep --config experiments/configs/default.yaml --out runs/default
+    tokred sweep --config ... --out ... --shard 0/2      # half of the trials
+    tokred sweep --config ... --out ... --cost-only      # skip the quality part
+    tokred sweep --config ... --out ... --only-report    # tables + figures only
+    tokred merge runs/a runs/b -o runs/all/results.jsonl
 
 Resumable: finished trials (status ok) are skipped on a rerun; errored ones are retried.
 """
@@ -110,7 +110,7 @@ def run_sweep(cfg: SweepConfig, out: Path, shard: tuple[int, int] | None = None,
 
 
 def merge_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m tokred_experiments.sweep merge",
+    p = argparse.ArgumentParser(prog="tokred merge",
                                 description="merge result files or dirs (one record per trial)")
     p.add_argument("inputs", nargs="+", help="results.jsonl files or output dirs")
     p.add_argument("-o", "--output", required=True, help="merged results.jsonl to write")
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "merge":
         return merge_main(argv[1:])
-    p = argparse.ArgumentParser(prog="python -m tokred_experiments.sweep", description=__doc__,
+    p = argparse.ArgumentParser(prog="tokred sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="sweep YAML (experiments/configs/*.yaml)")
     p.add_argument("--out", required=True, help="output dir: results.jsonl, cache/, report/")

@@ -31,7 +31,7 @@ class TempMe(TokenReducer):
     Args:
         r: ImgMe merges per frame and block before the first ClipMe layer.
         merge_layers: 0-based ClipMe layers, strictly increasing (a sequence, or the official
-            dash form ``"8-9-10"``, which also passes through ``tokred bench`` specs).
+            dash form ``"8-9-10"``, which also passes through ``tokred measure`` specs).
         merge_frames: clips joined at each ClipMe layer; their product must equal ``T``
             (sequence or ``"2-2-3"``).
         cross: proportion of the joined tokens merged before attention (ClipMe cross-clip).

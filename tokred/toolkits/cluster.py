@@ -259,15 +259,18 @@ def kmedoids(
             d = pairwise_distance(x, distance, p, exact=True) if dist is None else dist
             med, rounds = _iterate(x, d, k, iters, threshold, per_row=True)
             return Clusters(med, assign_points(d, med), rounds)
-        meds, assigns, rounds = [], [], 0
-        for lo in range(0, rows, split_size):  # [chunk, n, C]
-            xc = x[lo : lo + split_size]
-            d = nearest_self(pairwise_distance(xc, distance, p) if dist is None
-                             else dist[lo : lo + split_size])
-            med, r = _iterate(xc, d, k, iters, threshold, per_row=False)
-            meds.append(med)
-            assigns.append(assign_points(d, med))
-            rounds = max(rounds, r)
-        return Clusters(torch.cat(meds), torch.cat(assigns), rounds)
+        parts = [_official_chunk(x[lo : lo + split_size], k, distance, p, iters, threshold,
+                                 None if dist is None else dist[lo : lo + split_size])
+                 for lo in range(0, rows, split_size)]
+        return Clusters(torch.cat([c.medoids for c in parts]),
+                        torch.cat([c.assign for c in parts]), max(c.iters for c in parts))
+
+
+def _official_chunk(x: Tensor, k: int, distance: str, p: float, iters: int, threshold: float,
+                    dist: Tensor | None) -> Clusters:
+    """One chunk of rows ``[chunk, n, C]`` clustered together, as the official code does."""
+    d = nearest_self(pairwise_distance(x, distance, p) if dist is None else dist)
+    med, rounds = _iterate(x, d, k, iters, threshold, per_row=False)
+    return Clusters(med, assign_points(d, med), rounds)
 
 
