@@ -13,6 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from tokred.cost.record import SUSPECT_FACTOR  # noqa: E402
+
 from .plots_tokens import provenance_figure  # noqa: E402
 from .tables import ORDER  # noqa: E402
 
@@ -149,7 +151,9 @@ def tokens_figure(c: pd.DataFrame, path: Path) -> bool:
 
 
 def speed_figure(c: pd.DataFrame, path: Path) -> bool:
-    """Measured throughput vs GMACs, with the ideal (throughput proportional to 1/GMACs)."""
+    """Paired speed-up over none vs GMACs with the per-round spread as error bars, the ideal
+    (speed-up = none's GMACs / GMACs) and the suspect line above it; suspect points marked."""
+    c = c.dropna(subset=["speed-up"]) if not c.empty else c
     if c.empty:
         return False
     bbs = backbones(c)
@@ -159,15 +163,23 @@ def speed_figure(c: pd.DataFrame, path: Path) -> bool:
         g = c[c["backbone"] == bb]
         for red, gr in g.groupby("reducer"):
             gr = gr.sort_values("GMACs")
-            ax.plot(gr["GMACs"], gr["videos/s"], "o-", color=colours[red], label=red, ms=5)
-        base = g[g["reducer"] == "none"]
-        if not base.empty:
-            b = base.iloc[0]
-            xs = np.linspace(g["GMACs"].min(), g["GMACs"].max(), 50)
-            ax.plot(xs, b["videos/s"] * b["GMACs"] / xs, ":", color="grey",
-                    label="ideal: speed ~ 1/GMACs")
+            err = [gr["speed-up"] - gr["speed-up low"], gr["speed-up high"] - gr["speed-up"]]
+            ax.errorbar(gr["GMACs"], gr["speed-up"], yerr=err, fmt="o-", color=colours[red],
+                        label=red, ms=5, capsize=3)
+        bad = g[g["suspect"]]
+        if not bad.empty:
+            ax.plot(bad["GMACs"], bad["speed-up"], "x", color="red", ms=11, mew=2,
+                    label=f"suspect: > {SUSPECT_FACTOR:g} x ideal")
+        for _, row in bad.iterrows():
+            ax.annotate("suspect", (row["GMACs"], row["speed-up"]), fontsize=7, color="red",
+                        xytext=(5, -10), textcoords="offset points")
+        base_gmacs = (g["GMACs"] * g["ideal"]).median()  # none's GMACs, as every row records it
+        xs = np.linspace(g["GMACs"].min(), g["GMACs"].max(), 50)
+        ax.plot(xs, base_gmacs / xs, ":", color="grey", label="ideal: none's GMACs / GMACs")
+        ax.plot(xs, SUSPECT_FACTOR * base_gmacs / xs, "--", color="red", lw=0.8, alpha=0.6,
+                label=f"{SUSPECT_FACTOR:g} x ideal")
         ax.set_xlabel(GMACS_LABEL, fontsize=8)
-        ax.set_ylabel("inference throughput (videos/s, CPU)")
+        ax.set_ylabel("speed-up over none (median per-round ratio)")
         ax.set_title(f"{bb} (random weights)", fontsize=10)
         ax.grid(alpha=0.3)
     _legend_outside(axes[0][-1], axes[0])
@@ -195,10 +207,14 @@ def make_figures(cost: pd.DataFrame, quality: pd.DataFrame, out: Path,
                          "measured inference throughput of the evaluated model on this CPU."))
     if not cost.empty:
         if speed_figure(cost, out / "speed_vs_gmacs.png"):
-            figs.append(("speed_vs_gmacs.png", "Random weights: measured throughput against "
-                         "GMACs per backbone; the dotted line is what the GMACs alone predict "
-                         "(baseline speed x baseline GMACs / GMACs). Points below it lose time "
-                         "to the reducer's own work or to small, memory-bound kernels."))
+            figs.append(("speed_vs_gmacs.png", "Random weights: speed-up over none against "
+                         "GMACs per backbone, each the median of per-round ratios with none "
+                         "timed in the same interleaved rounds of the same trial; bars: the "
+                         "rounds' inter-quartile range (min-max with fewer than 5 rounds). "
+                         "Dotted: what the GMACs alone predict (none's GMACs / GMACs); points "
+                         "below it lose time to the reducer's own work or to small, memory-bound "
+                         "kernels. Red crosses: suspect, more than the dashed line (a changed "
+                         "machine load or a measurement problem, not a real speed-up)."))
         if memory_figure(cost, out / "memory.png"):
             figs.append(("memory.png", "Random weights: activation memory one video keeps for "
                          "backward in a full fine-tuning step (MiB), per reducer setting."))

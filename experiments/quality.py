@@ -140,23 +140,40 @@ def _trainable(cfg) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def encoder_cost(enc, videos: torch.Tensor, batch: int = 4) -> dict:
+def encoder_cost(enc, videos: torch.Tensor, batch: int = 4, rounds: int = 5) -> dict:
     """GMACs, tokens out, activation memory and inference speed of the evaluated encoder.
 
+    Speed is paired: ``enc`` and reducer ``none`` over the same weights run on the same
+    ``batch`` test clips in ``rounds`` interleaved rounds (``tokred.cost.timing``; an encoder
+    with reducer ``none`` is its own baseline, speed-up 1 exactly); the speed-up keys are
+    ``tokred.cost.record.compare``'s (median per-round ratio, its spread and rounds, GMACs
+    ideal, suspect flag), ``videos_per_s`` is the evaluated encoder's own absolute speed.
     ``activation_mib``: what one video keeps for backward in full fine-tuning (training mode,
     every parameter trainable; storages counted once, parameters excluded).
     """
     from tokred.cost.analytic import gmacs
     from tokred.cost.memory import MB, finetune_activation_bytes
-    from tokred.cost.timing import fixed_video, time_calls
+    from tokred.cost.record import compare, speed_fields
+    from tokred.cost.timing import PairedTiming, fixed_video, paired_inference, time_calls
+    from tokred.encoder import VideoEncoder
+    from tokred.registry import get_reducer_class
 
     frames = videos.shape[1]
     trace = enc.trace(frames)
     clip = videos[:batch].float()
-    with torch.inference_mode():
-        t = time_calls(lambda: enc(clip), items=clip.shape[0], warmup=1, repeats=3)
+    baseline = get_reducer_class("none")
+    if isinstance(enc.reducer, baseline):  # its own baseline: every ratio exactly 1
+        none = enc
+        with torch.inference_mode():
+            paired = PairedTiming.itself(time_calls(lambda: enc(clip), clip.shape[0], 1, rounds))
+    else:
+        none = VideoEncoder(enc.backbone, baseline(), frames)
+        paired = paired_inference(none, enc, clip, rounds=rounds)
+    rec = {"gmacs": gmacs(trace), **speed_fields({clip.shape[0]: paired})}
+    speed = compare(rec, {"gmacs": gmacs(none.trace(frames))})
     one = fixed_video(1, frames, enc.spec.image_size, clip.device)  # not an inference tensor
-    return {"gmacs": gmacs(trace), "tokens_out": trace.tokens_out,
-            "attn_tokens": trace.attn_tokens(), "videos_per_s": t.per_second,
-            "ms_per_video": 1000 * t.median / clip.shape[0],
+    return {"gmacs": rec["gmacs"], "tokens_out": trace.tokens_out,
+            "attn_tokens": trace.attn_tokens(), "videos_per_s": paired.timing.per_second,
+            "ms_per_video": 1000 * paired.timing.median / clip.shape[0], **speed,
+            "paired_timing": paired.to_dict(),
             "activation_mib": finetune_activation_bytes(enc, lambda: enc(one)) / MB}

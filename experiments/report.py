@@ -16,15 +16,20 @@ from pathlib import Path
 
 import pandas as pd
 
+from tokred.cost.record import SUSPECT_FACTOR
+
 from .published import load_published, published_for
 from .records import load_results, result_files
 from .tables import (
+    NOT_PAIRED,
     PROTOCOL,
     RANK_COLS,
     cost_frame,
     is_spectral,
     quality_frame,
+    rounds_text,
     spectral_note,
+    speedup_text,
     test_text,
     to_markdown,
     training_text,
@@ -34,10 +39,25 @@ from .tables import (
 log = logging.getLogger(__name__)
 
 COST_COLS = ["setting", "preset", "weights", "GMACs", "fvcore GMACs", "GMACs %", "reducer GMACs",
-             "tokens out", "act. MiB/video", "memory %", "ms/video", "videos/s", "timing spread",
-             "speed-up", "trainable params", "trainable (LoRA)"]
+             "tokens out", "act. MiB/video", "memory %", "speed-up [low, high]", "rounds", "ideal",
+             "videos/s", "ms/video", "trainable params", "trainable (LoRA)"]
 QUALITY_COLS = ["data", "setting", "MeM act. MiB/video", "ms/video", *RANK_COLS, "R-Sum",
                 "GMACs", "tokens out", "trainable params", "twin acc.", "preset"]
+SPEED_NOTE = (
+    "Speed is measured in pairs, never as a ratio of two trials timed minutes apart: each "
+    "trial times its reducer and `none` (over the same weights, on the same fixed batch) in its "
+    "own process, in interleaved rounds of one call each (none, reducer | reducer, none | ...). "
+    "'speed-up' is the median over the rounds of none's time / the reducer's time in the same "
+    "round, at the largest batch size timed (CPU inference); [low, high] is the inter-quartile "
+    "range of the per-round ratios with 5 or more rounds, their min-max with fewer ('rounds' "
+    "says which). A change in the machine's speed between rounds cancels in each ratio; the "
+    "`none` row is its own baseline (1.00x). 'ideal' = none's GMACs / the row's, what the "
+    "removed work alone predicts: a speed-up more than {factor:g} x its ideal is flagged "
+    "'suspect' (the machine's load changed within rounds, or the measurement is broken), not "
+    "believed. 'videos/s' and 'ms/video' are the reducer's absolute speed at that batch size: "
+    "they move with the machine's load, compare speed-ups instead. '{not_paired}': the trial "
+    "was recorded before speed-ups were paired; run it again (a sweep skips finished trials: "
+    "use a fresh --out) to measure one.")
 GMACS_NOTE = ("GMACs = 10^9 multiply-accumulates of the visual tower per video, counted "
               "analytically from the token trace (1 MAC = 2 FLOPs; fvcore's 'flops' are MACs). "
               "'reducer GMACs' is the reducer's own estimated work (matching/clustering).")
@@ -68,13 +88,10 @@ def cost_section(df: pd.DataFrame, pubs: list[dict]) -> tuple[list[str], pd.Data
              "Cost does not depend on the weights, so these rows use randomly initialised "
              "backbones (**random weights**). " + GMACS_NOTE + " Memory = activations one video "
              "keeps for backward in a full fine-tuning step (MiB, counted from the tensors "
-             "autograd saves, so device-independent). Speed = median wall time of "
-             "inference on this machine's CPU (ms per video at the best batch size). "
+             "autograd saves, so device-independent); GMACs, tokens and memory are exact. "
+             + SPEED_NOTE.format(factor=SUSPECT_FACTOR, not_paired=NOT_PAIRED) + " "
              "'paper' columns: the published MSR-VTT ratio to the baseline for the same "
-             "setting (training GPU memory and inference speed on V100), where one exists. "
-             "'timing spread' is the half inter-quartile range over repeats relative to the "
-             "median: on a shared or busy machine (or with shards running side by side) the "
-             "speed columns are only as good as it says; GMACs, tokens and memory are exact.",
+             "setting (training GPU memory and inference speed on V100), where one exists.",
              ""]
     if df.empty:
         return lines + ["(no finished cost trials)", ""], df
@@ -82,10 +99,18 @@ def cost_section(df: pd.DataFrame, pubs: list[dict]) -> tuple[list[str], pd.Data
     df = df.assign(**{"paper memory %": paper[0], "paper speed-up": paper[1]})
     for (bb, frames), g in df.groupby(["backbone", "frames"], sort=True):
         lines += [f"### {bb}, {frames} frames, random weights", "",
-                  to_markdown(g[COST_COLS + ["paper memory %", "paper speed-up"]]), ""]
+                  to_markdown(_speed_shown(g)[COST_COLS + ["paper memory %", "paper speed-up"]]),
+                  ""]
         lines += spectral_lines(g, "counted on one random video through this random-weight "
                                    "backbone")
     return lines, df
+
+
+def _speed_shown(g: pd.DataFrame) -> pd.DataFrame:
+    """The speed columns as shown: speed-up [low, high] (a suspect one flagged), rounds, ideal."""
+    return g.assign(**{"speed-up [low, high]": g.apply(speedup_text, axis=1),
+                       "rounds": g.apply(rounds_text, axis=1),
+                       "ideal": [f"{v:.2f}x" if pd.notna(v) else "-" for v in g["ideal"]]})
 
 
 def spectral_lines(g: pd.DataFrame, counted: str) -> list[str]:

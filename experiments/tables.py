@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from tokred.cost.record import SUSPECT_FACTOR, is_suspect
+
 from .published import option_defaults
 
 DIRS = ("t2v", "v2t")
@@ -23,34 +25,52 @@ def _fmt(v) -> str:
     return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
 
+NOT_PAIRED = "not paired: rerun"
+SPEED_COLS = ("speed-up", "speed-up low", "speed-up high", "speed-up spread", "rounds", "ideal",
+              "suspect", "speed batch", "videos/s", "ms/video")
+
+
 def _timing(m: dict) -> dict:
-    """Speed columns of a cost record: at its best batch size (the highest videos/s).
+    """Speed columns of a cost record, all at the batch size its speed-up was taken at.
 
-    Records written before the one cost record type (``videos_per_s`` a number, with
-    ``ms_per_video`` and a ``throughput`` dict beside it) are read as they were written.
+    The speed-up is the record's own paired one (none and the reducer timed in the same
+    interleaved rounds of one trial): the median per-round ratio, its low/high (``speed-up
+    spread`` says whether they are the quartiles or min-max) and rounds, beside the GMACs ideal
+    of the same record and whether the speed-up is suspect. A record without one (written before
+    speed-ups were paired) gets no speed columns: a speed-up is never re-computed from two
+    trials timed apart.
     """
-    by_batch = m.get("videos_per_s")
-    if not isinstance(by_batch, dict):
-        return {"ms/video": m.get("ms_per_video", math.nan),
-                "videos/s": math.nan if by_batch is None else by_batch,
-                "timing spread": _spread(m)}
-    if not by_batch:
-        return {"ms/video": math.nan, "videos/s": math.nan, "timing spread": math.nan}
-    best = max(by_batch, key=by_batch.get)
-    return {"ms/video": 1000 / by_batch[best], "videos/s": by_batch[best],
-            "timing spread": m.get("videos_per_s_spread", {}).get(best, math.nan)}
+    if "speedup" not in m:
+        return {**dict.fromkeys(SPEED_COLS, math.nan), "speed-up spread": NOT_PAIRED,
+                "suspect": False}
+    vps = m["videos_per_s"][str(m["speedup_batch"])]
+    return {"speed-up": m["speedup"], "speed-up low": m["speedup_low"],
+            "speed-up high": m["speedup_high"], "speed-up spread": m["speedup_spread"],
+            "rounds": m["speedup_rounds"], "ideal": m["ideal_speedup"],
+            "suspect": is_suspect(m["speedup"], m["ideal_speedup"]),
+            "speed batch": m["speedup_batch"], "videos/s": vps, "ms/video": 1000 / vps}
 
 
-def _spread(m: dict) -> float:
-    """Relative half-IQR at the best batch size of an older record's ``throughput``."""
-    runs = list((m.get("throughput") or {}).values())
-    if not runs:
-        return math.nan
-    return max(runs, key=lambda r: r["videos_per_s"]).get("spread", math.nan)
+def speedup_text(row) -> str:
+    """``1.31x [1.28, 1.35]``, flagged when suspect, or :data:`NOT_PAIRED` for an old record."""
+    if not _known(row.get("speed-up")):
+        return NOT_PAIRED
+    text = f"{row['speed-up']:.2f}x [{row['speed-up low']:.2f}, {row['speed-up high']:.2f}]"
+    if row["suspect"]:
+        text += f" (suspect: above {SUSPECT_FACTOR:g} x the {row['ideal']:.2f}x ideal)"
+    return text
+
+
+def rounds_text(row) -> str:
+    """``5 (IQR)`` / ``2 (min-max)``: the rounds and what a speed-up's low/high are."""
+    if not _known(row.get("rounds")):
+        return "-"
+    return f"{int(row['rounds'])} ({row['speed-up spread']})"
 
 
 def cost_frame(records: list[dict]) -> pd.DataFrame:
-    """One row per finished cost trial, with ratios to ``none`` on the same backbone and T."""
+    """One row per finished cost trial: GMACs and memory ratios to ``none`` on the same
+    backbone and T, and each trial's own paired speed-up (see :func:`_timing`)."""
     rows = []
     for r in records:
         if r.get("kind") != "cost" or r.get("status") != "ok":
@@ -60,11 +80,8 @@ def cost_frame(records: list[dict]) -> pd.DataFrame:
             "id": r["id"], "backbone": s["backbone"], "weights": s.get("weights", "random"),
             "frames": s["frames"], "reducer": s["reducer"], "options": s["options"],
             "setting": setting(s["reducer"], s["options"]), "GMACs": m["gmacs"],
-            # older records: reducer_gmacs / activation_mib
-            "reducer GMACs": m.get("reducer_work_gmacs", m.get("reducer_gmacs", 0.0)),
-            "tokens out": m["tokens_out"],
-            "act. MiB/video": m.get("activation_mb_per_video_full",
-                                    m.get("activation_mib", math.nan)),
+            "reducer GMACs": m.get("reducer_work_gmacs", 0.0), "tokens out": m["tokens_out"],
+            "act. MiB/video": m.get("activation_mb_per_video_full", math.nan),
             **_timing(m),
             "fvcore GMACs": m.get("fvcore_gmacs", math.nan),
             "trainable params": m.get("trainable_params", 0),
@@ -90,17 +107,18 @@ def reducer_rank(name: str) -> int:
 
 
 def _add_ratios(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """GMACs % and memory % of every row against the ``none`` row of its group (exact numbers
+    of separate trials may be divided; speed-ups may not, each trial pairs its own)."""
+
     def per_group(g: pd.DataFrame) -> pd.DataFrame:
         base = g[g["reducer"] == "none"]
         g = g.copy()
         if base.empty:
-            g["GMACs %"], g["speed-up"] = math.nan, math.nan
+            g["GMACs %"] = math.nan
             return g
         b = base.iloc[0]
         g["GMACs %"] = 100 * g["GMACs"] / b["GMACs"]
-        g["speed-up"] = g["videos/s"] / b["videos/s"]
-        if "act. MiB/video" in g:
-            g["memory %"] = 100 * g["act. MiB/video"] / b["act. MiB/video"]
+        g["memory %"] = 100 * g["act. MiB/video"] / b["act. MiB/video"]
         return g
 
     parts = [per_group(g) for _, g in df.groupby(keys, sort=True)]

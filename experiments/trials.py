@@ -82,7 +82,13 @@ def _backbone(name: str, weights: str, ctx: Context):
 
 
 def cost_trial(s: dict, ctx: Context) -> dict:
-    """The cost record of one reducer setting (``tokred.cost.record.CostRecord``, as a dict)."""
+    """The cost record of one reducer setting (``tokred.cost.record.CostRecord``, as a dict).
+
+    Its speed-up is paired: ``measure`` times the reducer and ``none`` over the same weights in
+    this trial's process, ``repeats`` interleaved rounds per batch size (one call of each per
+    round), so it never divides by a ``none`` timed in another trial; the ``none`` trial is its
+    own baseline (speed-up 1 exactly).
+    """
     from tokred.cost.measure import measure
 
     from .facts import cost_diagnostics  # reducer counters (CenterCLIP's empty spectral graphs)

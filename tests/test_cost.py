@@ -12,6 +12,7 @@ from torch import nn
 from tokred import create_reducer, list_reducers, paper_presets
 from tokred.cli.measure import main
 from tokred.cost import (
+    Timing,
     activation_bytes,
     fvcore_video_macs,
     inference_throughput,
@@ -23,6 +24,7 @@ from tokred.cost import (
 from tokred.cost.measure import measure
 from tokred.cost.memory import activation_per_video, cuda_peak_mb, module_tensors, peak_rss_mb
 from tokred.cost.specs import reducer_specs
+from tokred.cost.timing import PairedTiming, paired_throughput, paired_timing
 from tokred.encoder import Trace, VideoEncoder
 from tokred.training.precision import autocast
 
@@ -260,14 +262,80 @@ def test_inference_throughput_bookkeeping():
     assert enc.training  # mode restored
 
 
-def test_interleaved_rounds_pool_samples_and_alternate():
+def test_interleaved_throughput_gives_per_round_times_of_every_encoder():
     clock = FakeClock()
-    a, b = FakeEncoder(clock, 1.0), FakeEncoder(clock, 2.0)
+    a, b = FakeEncoder(clock, 1.0).train(), FakeEncoder(clock, 2.0).eval()
     out = interleaved_throughput({"a": a, "b": b}, 2, (2,), rounds=3, warmup=1, repeats=2,
                                  clock=clock)
-    assert out["a"][2].times == [2.0] * 6 and out["b"][2].times == [4.0] * 6
+    assert out["a"][2].times == [2.0] * 3 and out["b"][2].times == [4.0] * 3  # one per round
     assert out["a"][2].per_second == 1.0 and out["b"][2].per_second == 0.5
-    assert len(a.calls) == len(b.calls) == 3 * 3
+    assert PairedTiming(out["a"][2], out["b"][2]).ratios == [0.5] * 3
+    assert len(a.calls) == len(b.calls) == 1 + 3 * 2
+    assert all(not training and inference for _, training, inference in a.calls)
+    assert a.training and not b.training  # modes restored
+
+
+class Program:
+    """Callables whose durations come from lists, on one fake clock that can slow down."""
+
+    def __init__(self, **durations: list[float]):
+        self.clock, self.slow, self.log = FakeClock(), 1.0, []
+        self.durations = {k: iter(v) for k, v in durations.items()}
+
+    def fn(self, key: str):
+        def call():
+            self.log.append(key)
+            self.clock.now += self.slow * next(self.durations[key])
+
+        return call
+
+
+def test_paired_timing_reports_median_and_spread_of_per_round_ratios():
+    # warm-up (discarded), then 5 rounds; none / reducer per round: 2, 1.5, 3, 2.5, 1
+    p = Program(none=[99, 2, 3, 3, 5, 1], red=[99, 1, 2, 1, 2, 1])
+    t = paired_timing(p.fn("none"), p.fn("red"), items=4, rounds=5, warmup=1, clock=p.clock)
+    assert t.base.times == [2, 3, 3, 5, 1] and t.timing.times == [1, 2, 1, 2, 1]
+    assert t.ratios == [2.0, 1.5, 3.0, 2.5, 1.0]
+    assert t.speedup == 2.0 and t.spread == "IQR" and t.bounds == (1.5, 2.5)
+    # the order alternates: none first in even rounds, the reducer first in odd ones
+    assert p.log == ["none", "red"] + ["none", "red", "red", "none"] * 2 + ["none", "red"]
+    d = t.to_dict()
+    assert (d["speedup"], d["low"], d["high"], d["rounds"], d["items"]) == (2.0, 1.5, 2.5, 5, 4)
+    p = Program(a=[1, 4, 6], b=[1, 2, 2])
+    few = paired_timing(p.fn("a"), p.fn("b"), items=1, rounds=2, warmup=1, clock=p.clock)
+    assert few.spread == "min-max" and few.bounds == (2.0, 3.0) and few.speedup == 2.5
+
+
+def test_drift_between_rounds_cancels_in_the_ratio():
+    """The machine slows down 3x halfway: separate timings would disagree, the pairs do not."""
+    p = Program(none=[2.0] * 7, red=[1.0] * 7)
+    none, red = p.fn("none"), p.fn("red")
+
+    def red_then_drift():
+        red()
+        if p.log.count("red") == 4:  # after round 3 of 6 (warm-up included)
+            p.slow = 3.0
+
+    t = paired_timing(none, red_then_drift, items=1, rounds=6, warmup=1, clock=p.clock)
+    assert t.speedup == 2.0 and t.bounds == (2.0, 2.0)
+    assert t.base.times[-1] == 3 * t.base.times[0]  # the clock really slowed down
+    # what dividing two separate timings would report: none fast, the reducer slow
+    assert t.base.times[0] / t.timing.times[-1] == pytest.approx(2 / 3)
+
+
+def test_paired_timing_refuses_unpaired_sides():
+    with pytest.raises(ValueError, match="same rounds and batch on both sides.*paired_timing"):
+        PairedTiming(Timing([1.0, 1.0], 0, 1), Timing([1.0], 0, 1))
+    assert PairedTiming.itself(Timing([1.0, 3.0], 0, 2)).ratios == [1.0, 1.0]
+
+
+def test_paired_throughput_runs_both_on_the_same_batch():
+    clock = FakeClock()
+    base, enc = FakeEncoder(clock, 1.0), FakeEncoder(clock, 0.25)
+    out = paired_throughput(base, enc, frames=2, batch_sizes=(1, 4), rounds=3, warmup=1,
+                            clock=clock)
+    assert {b: t.speedup for b, t in out.items()} == {1: 4.0, 4: 4.0}
+    assert [c[0] for c in base.calls] == [c[0] for c in enc.calls] == [1] * 4 + [4] * 4
 
 
 def test_train_step_time_trains_and_times():

@@ -14,9 +14,17 @@ from tokred.cli.measure import main, table
 from tokred.cost import compare, site_timing
 from tokred.cost.build import build
 from tokred.cost.measure import measure
-from tokred.cost.record import KEYS, append_jsonl, check_keys, read_jsonl
+from tokred.cost.record import (
+    KEYS,
+    append_jsonl,
+    check_keys,
+    is_suspect,
+    read_jsonl,
+    speed_fields,
+)
 from tokred.cost.sites import SiteTimer
 from tokred.cost.specs import ReducerSpec, parse_reducer, reducer_specs
+from tokred.cost.timing import PairedTiming, Timing
 from tokred.encoder import VideoEncoder
 from tokred.models import TIMM_PREFIX, create_backbone
 
@@ -92,15 +100,61 @@ def test_one_record_type_round_trips_json(tmp_path):
         check_keys({**rec, "speed_up": 1.0})
 
 
-def test_compare_is_against_the_largest_shared_batch():
-    base = {"gmacs": 50.0, "videos_per_s": {"1": 10.0, "4": 20.0}, "train_step_s": 2.0,
-            "activation_mb_per_video_full": 100.0}
-    rec = {"gmacs": 25.0, "videos_per_s": {"1": 12.0, "4": 30.0}, "train_step_s": 1.0,
-           "activation_mb_per_video_full": 60.0}
+def _paired(base_s: list[float], times_s: list[float], items: int) -> PairedTiming:
+    return PairedTiming(Timing(base_s, 0, items), Timing(times_s, 0, items))
+
+
+def test_compare_takes_the_paired_ratios_at_the_largest_batch():
+    base = {"gmacs": 50.0, "train_step_s": 2.0, "activation_mb_per_video_full": 100.0}
+    rec = {"gmacs": 25.0, "train_step_s": 1.0, "activation_mb_per_video_full": 60.0,
+           **speed_fields({1: _paired([1.0] * 3, [0.9] * 3, 1),
+                           4: _paired([3.0, 3.0, 6.0], [2.0, 2.0, 1.0], 4)})}
     got = compare(rec, base)
-    assert got == pytest.approx({"ideal_speedup": 2.0, "speedup": 1.5, "ratio": 0.75,
-                                 "train_step_ratio": 0.5, "memory_ratio": 0.6})
+    assert got == pytest.approx({
+        "ideal_speedup": 2.0, "speedup": 1.5, "speedup_low": 1.5, "speedup_high": 6.0,
+        "speedup_spread": "min-max", "speedup_rounds": 3, "speedup_batch": 4, "ratio": 0.75,
+        "speedup_suspect": False, "train_step_ratio": 0.5, "memory_ratio": 0.6})
+    # the largest batch's own rounds, not a ratio of the two records' videos/s
+    assert rec["videos_per_s"]["4"] == pytest.approx(2.0) and "videos_per_s" not in base
     assert compare({"gmacs": 25.0}, base) == {"ideal_speedup": 2.0}
+
+
+@pytest.mark.parametrize("speedup, ideal, suspect", [
+    (1.0, 1.0, False), (1.1, 1.0, False), (1.1001, 1.0, True), (7.72, 1.48, True),
+    (4.64, 1.98, True), (0.97, 1.34, False), (1.62, 1.48, False), (1.63, 1.48, True)])
+def test_a_speedup_above_1_1_x_its_ideal_is_suspect(speedup, ideal, suspect):
+    assert is_suspect(speedup, ideal) is suspect
+    rec = {"gmacs": 52.9 / ideal, **speed_fields({2: _paired([speedup] * 5, [1.0] * 5, 2)})}
+    assert compare(rec, {"gmacs": 52.9})["speedup_suspect"] is suspect
+
+
+def test_measure_prints_paired_speedups_against_none(tmp_path, capsys):
+    out = tmp_path / "cost.jsonl"
+    assert main(["--model", "scale-B32", "--reducer", "tome.r2", "--batch-size", "1", "2",
+                 "--repeats", "1", "--warmup", "1", "--rounds", "2", "--skip-memory",
+                 "--skip-fvcore", "--out", str(out)]) == 0
+    none, tome = read_jsonl(out)
+    for rec in (none, tome):
+        assert set(rec["paired_timings"]) == {"1", "2"} and rec["speedup_batch"] == 2
+        assert rec["speedup_rounds"] == 2 and rec["speedup_spread"] == "min-max"
+        p = rec["paired_timings"]["2"]
+        assert p["base_s"] == none["paired_timings"]["2"]["times_s"]  # the same rounds
+        assert p["ratios"] == pytest.approx([b / t for b, t in zip(p["base_s"], p["times_s"])])
+        assert rec["speedup_low"] <= rec["speedup"] <= rec["speedup_high"]
+    assert (none["speedup"], none["speedup_low"], none["speedup_high"]) == (1.0, 1.0, 1.0)
+    assert tome["ideal_speedup"] == pytest.approx(none["gmacs"] / tome["gmacs"])
+    text = capsys.readouterr().out
+    line = next(row for row in text.splitlines() if " tome.r2 " in row)
+    cell = (f"{tome['speedup']:.2f}x [{tome['speedup_low']:.2f}, {tome['speedup_high']:.2f}]"
+            + (" SUSPECT" if tome["speedup_suspect"] else ""))
+    assert cell in line and "speedup [low, high]" in text and "min-max of the per-round" in text
+
+
+def test_table_flags_a_suspect_speedup():
+    rec = {"model": "m", "gmacs": 1.0, "tokens_out": 5, "speedup": 4.64, "speedup_low": 4.5,
+           "speedup_high": 4.7, "speedup_rounds": 3, "ideal_speedup": 1.98,
+           "speedup_suspect": True, "speedup_spread": "min-max"}
+    assert "4.64x [4.50, 4.70] SUSPECT" in table([("tome.r4", rec)], [4])
 
 
 def test_table_leaves_out_what_was_not_measured():

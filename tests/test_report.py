@@ -13,18 +13,24 @@ from tokred_experiments.report import QUALITY_COLS, _published_cost, write_repor
 from tokred_experiments.tables import cost_frame, quality_frame
 
 from tokred import create_reducer
+from tokred.cost.record import compare, speed_fields
+from tokred.cost.timing import PairedTiming, Timing
 from tokred.encoder import VideoEncoder
 from tokred.toolkits.merge import bipartite_match, merge_wavg
 
 
 def cost_rec(i: int, reducer: str, options: dict, gmacs: float, vps: float,
-             backbone: str = "ViT-B-32") -> dict:
-    return {"id": f"c{i}", "kind": "cost", "status": "ok",
+             backbone: str = "ViT-B-32", base: tuple[float, float] = (52.9, 2.0)) -> dict:
+    """A cost trial's record as the sweep writes it: ``vps`` videos/s at batch 1 in 3 rounds
+    paired with none at ``base`` = (GMACs, videos/s); none is its own baseline."""
+    base = (gmacs, vps) if reducer == "none" else base
+    paired = PairedTiming(Timing([1 / base[1]] * 3, 1, 1), Timing([1 / vps] * 3, 1, 1))
+    m = {"gmacs": gmacs, "tokens_out": int(gmacs * 10), "activation_mb_per_video_full": gmacs * 2,
+         "attn_tokens": [600] * 6 + [int(gmacs * 10)] * 6, **speed_fields({1: paired})}
+    m.update(compare(m, {"gmacs": base[0]}))
+    return {"id": f"c{i}", "kind": "cost", "status": "ok", "metrics": m,
             "settings": {"backbone": backbone, "frames": 12, "reducer": reducer,
-                         "options": options, "weights": "random"},
-            "metrics": {"gmacs": gmacs, "tokens_out": int(gmacs * 10), "ms_per_video": 1000 / vps,
-                        "videos_per_s": vps, "activation_mib": gmacs * 2,
-                        "attn_tokens": [600] * 6 + [int(gmacs * 10)] * 6}}
+                         "options": options, "weights": "random"}}
 
 
 def quality_rec(i: int, reducer: str, options: dict, mode: str, rsum: float, gmacs: float) -> dict:
@@ -50,13 +56,34 @@ def test_pareto_front_matches_brute_force():
 
 
 def test_cost_ratios_against_none():
-    df = cost_frame([cost_rec(0, "none", {}, 50.0, 2.0), cost_rec(1, "tome", {"r": 2}, 40.0, 3.0),
+    df = cost_frame([cost_rec(0, "none", {}, 50.0, 2.0),
+                     cost_rec(1, "tome", {"r": 2}, 40.0, 3.0, base=(50.0, 2.0)),
                      cost_rec(2, "none", {}, 200.0, 1.0, "ViT-B-16"),
-                     cost_rec(3, "tome", {"r": 10}, 150.0, 1.5, "ViT-B-16")])
+                     cost_rec(3, "tome", {"r": 10}, 150.0, 1.5, "ViT-B-16", base=(200.0, 1.0))])
     got = {(r["backbone"], r["setting"]): (r["GMACs %"], r["speed-up"]) for _, r in df.iterrows()}
     assert got[("ViT-B-32", "tome r=2")] == pytest.approx((80.0, 1.5))
     assert got[("ViT-B-16", "tome r=10")] == pytest.approx((75.0, 1.5))
     assert got[("ViT-B-16", "none")] == pytest.approx((100.0, 1.0))
+
+
+def test_suspect_and_unpaired_speedups_are_flagged_never_plain(tmp_path):
+    """4.64x against a 1.92x GMACs ideal is drift or a broken measurement: the table says so;
+    a record from before paired timing shows no speed-up at all."""
+    old = {"id": "c9", "kind": "cost", "status": "ok",
+           "settings": {"backbone": "ViT-B-32", "frames": 12, "reducer": "tome",
+                        "options": {"r": 3}, "weights": "random"},
+           "metrics": {"gmacs": 34.0, "tokens_out": 300, "videos_per_s": {"1": 3.0},
+                       "videos_per_s_spread": {"1": 0.01}, "attn_tokens": [600] * 12}}
+    recs = [cost_rec(0, "none", {}, 52.9, 2.0), cost_rec(1, "tome", {"r": 2}, 40.1, 2.6),
+            cost_rec(2, "tome", {"r": 4}, 27.5, 9.28), old]
+    text = report_of(tmp_path, recs)
+    rows = {r.split(" | ")[0][2:]: r for r in section(text, "### ViT-B-32").splitlines()
+            if r.startswith("| ")}
+    assert "4.64x [4.64, 4.64] (suspect: above 1.1 x the 1.92x ideal)" in rows["tome r=4"]
+    assert "1.30x [1.30, 1.30] |" in rows["tome r=2"] and "suspect" not in rows["tome r=2"]
+    assert "| 1.00x [1.00, 1.00] | 3 (min-max) | 1.00x |" in rows["none"]
+    assert "| not paired: rerun | - | - |" in rows["tome r=3"]
+    assert "suspect" in text.split("### ViT-B-32")[0]  # the protocol is explained above
 
 
 def test_published_numbers_match_by_setting_with_defaults():

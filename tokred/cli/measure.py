@@ -2,10 +2,12 @@
 
 Per model, every reducer setting is measured by tokred.cost.measure.measure (GMACs analytic and
 by fvcore, tokens, activation memory; on request peak RSS, the share of the forward inside the
-reducer's hooks and one training step); inference throughput is then timed for all of them in
-interleaved rounds in this process, so that load from other processes hits all alike. Speed-ups
-are against none on the same model, which is added when the list does not name it. Records are
-appended to --out (JSON lines) as soon as a model is done.
+reducer's hooks and one training step); inference is then timed for all of them in interleaved
+rounds in this process over the same weights and input. A speed-up is the median over rounds of
+none's time / the reducer's time in the same round, shown as median [low, high] (the
+inter-quartile range of the per-round ratios with 5 or more rounds, else min-max); none is
+added when the list does not name it. Records are appended to --out (JSON lines) as soon as a
+model is done.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ import torch
 
 from tokred.cost.build import build_many
 from tokred.cost.measure import CLOCKS, TRAIN_MODES, clock_fn, measure
-from tokred.cost.record import CostRecord, append_jsonl, compare, speed_fields
+from tokred.cost.record import SUSPECT_FACTOR, CostRecord, append_jsonl, compare, speed_fields
 from tokred.cost.specs import BASELINE, ReducerSpec, reducer_specs
-from tokred.cost.timing import interleaved_throughput
+from tokred.cost.timing import PairedTiming, interleaved_throughput
 from tokred.models import TIMM_PREFIX
 from tokred.registry import create_reducer
 
@@ -41,10 +43,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timm-frames", type=int, default=1, help="frames for timm: models")
     p.add_argument("--batch-size", type=int, nargs="+", default=[1, 4], metavar="N",
                    help="videos per timed call; speed-ups at the largest")
-    p.add_argument("--repeats", type=int, default=5, help="timed calls per round")
-    p.add_argument("--warmup", type=int, default=2, help="discarded calls per round")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="timed calls per setting per round (their median is its round time)")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="discarded calls per setting and batch size before the rounds")
     p.add_argument("--rounds", type=int, default=3,
-                   help="interleaved timing rounds (alternating order, samples pooled)")
+                   help="interleaved timing rounds (alternating order; one speed-up ratio "
+                   "against none per round)")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="autocast precision")
     p.add_argument("--device", default="auto", help="'auto': cuda if available, else cpu")
@@ -117,20 +122,31 @@ def measure_model(model: str, specs: list[ReducerSpec], a: argparse.Namespace) -
             continue
         rows.append((spec.label, rec))
         print(f"measured {model} {spec.label}: {rec['gmacs']:.2f} GMACs", flush=True)
-    if rows and not a.skip_speed:
-        encoders = build_many(model, [(r["reducer"], r["options"]) for _, r in rows], frames,
-                              device=a.device, quick_gelu=a.quick_gelu)
-        timings = interleaved_throughput(dict(enumerate(encoders)), frames, a.batch_size,
-                                         a.rounds, a.warmup, a.repeats, a.device, a.precision,
-                                         clock_fn(a.clock, a.device))
-        for i, (_, rec) in enumerate(rows):
-            rec.update(speed_fields(timings[i], a.rounds))
-    base = next((r for _, r in rows if r["reducer"] == BASELINE and not r["options"]), None)
-    if base is not None:  # None: the baseline itself could not be measured
+    base = next((i for i, (_, r) in enumerate(rows)
+                 if r["reducer"] == BASELINE and not r["options"]), None)
+    if base is None:
+        print(f"no speed-ups on {model}: {BASELINE} could not be measured", flush=True)
+    else:
+        if not a.skip_speed:
+            paired_speeds(model, rows, base, frames, a)
         for _, rec in rows:
-            rec.update(compare(rec, base))
+            rec.update(compare(rec, rows[base][1]))
     append_jsonl(a.out, [rec for _, rec in rows])
     return rows
+
+
+def paired_speeds(model: str, rows: list[Row], base: int, frames: int,
+                  a: argparse.Namespace) -> None:
+    """Time every row's setting in the same interleaved rounds over one copy of the weights and
+    store each one's per-round ratios against the baseline row ``rows[base]`` (none)."""
+    encoders = build_many(model, [(r["reducer"], r["options"]) for _, r in rows], frames,
+                          device=a.device, quick_gelu=a.quick_gelu)
+    timings = interleaved_throughput(dict(enumerate(encoders)), frames, a.batch_size, a.rounds,
+                                     a.warmup, a.repeats, a.device, a.precision,
+                                     clock_fn(a.clock, a.device))
+    for i, (_, rec) in enumerate(rows):
+        rec.update(speed_fields({b: PairedTiming(timings[base][b], t)
+                                 for b, t in timings[i].items()}))
 
 
 Column = tuple[str, int, Callable[[CostRecord], str]]
@@ -143,9 +159,9 @@ def table(rows: list[Row], batch_sizes: list[int]) -> str:
         ("GMACs", 7, _num("gmacs", ".2f")), ("work", 7, _num("reducer_work_gmacs", ".3f")),
         ("fvcore", 8, _num("fvcore_gmacs", ".2f")), ("tok out", 8, _num("tokens_out", "d")),
         *[(f"v/s@{b}", 9, _per_batch("videos_per_s", str(b), ".2f")) for b in batch_sizes],
-        ("spread", 7, _per_batch("videos_per_s_spread", big, ".1%")),
-        ("speedup", 9, _num("speedup", ".2f", "x")), ("ideal", 7, _num("ideal_speedup", ".2f", "x")),
-        ("ratio", 6, _num("ratio", ".2f")), ("site %", 7, _num("site_share", ".1%")),
+        ("speedup [low, high]", 30, _speedup), ("rounds", 7, _num("speedup_rounds", "d")),
+        ("ideal", 7, _num("ideal_speedup", ".2f", "x")), ("ratio", 6, _num("ratio", ".2f")),
+        ("site %", 7, _num("site_share", ".1%")),
         ("train s", 8, _num("train_step_s", ".3f")), ("train x", 8, _num("train_step_ratio", ".2f")),
         ("act MiB", 8, _num("activation_mb_per_video_full", ".1f")),
         ("LoRA MiB", 9, _num("activation_mb_per_video_lora", ".1f")),
@@ -168,14 +184,26 @@ def table(rows: list[Row], batch_sizes: list[int]) -> str:
 def _legend(rows: list[Row], big: str, cols: list[Column]) -> str:
     shown = {head for head, _, _ in cols}
     mode = next((r["train_step_mode"] for _, r in rows if r.get("train_step_mode")), "full")
+    spread = next((r["speedup_spread"] for _, r in rows if r.get("speedup_spread")), "")
     parts = [("GMACs", "GMACs per video (analytic; work = the reducer's own)"),
-             ("speedup", f"speedup at batch {big} vs none on the same model in this process"),
+             ("speedup [low, high]", f"speedup at batch {big} = median over the rounds of none's "
+              f"time / the setting's time in the same round (same process, weights and input); "
+              f"[low, high] = {spread} of the per-round ratios; SUSPECT = more than "
+              f"{SUSPECT_FACTOR:g} x ideal (the machine's speed changed under the measurement, "
+              f"or the measurement is broken)"),
              ("ideal", "ideal = GMACs ratio to none"), ("ratio", "ratio = speedup / ideal"),
-             ("spread", "spread = half IQR / median of the timed calls"),
              ("site %", "site % = share of the forward inside the reducer's hooks"),
              ("train x", f"train x = {mode} training step time vs none"),
              ("mem x", f"mem x = {mode} activation MiB per video vs none")]
     return "; ".join(text for head, text in parts if head in shown) + "."
+
+
+def _speedup(rec: CostRecord) -> str:
+    """``1.31x [1.28, 1.35]``; a suspect one (:func:`tokred.cost.record.is_suspect`) says so."""
+    if rec.get("speedup") is None:
+        return "-"
+    text = f"{rec['speedup']:.2f}x [{rec['speedup_low']:.2f}, {rec['speedup_high']:.2f}]"
+    return text + " SUSPECT" if rec["speedup_suspect"] else text
 
 
 def _num(key: str, fmt: str, suffix: str = "") -> Callable[[CostRecord], str]:

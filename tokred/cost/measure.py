@@ -4,9 +4,11 @@ Each record (:class:`tokred.cost.record.CostRecord`) has the analytic MACs of th
 trace (visual tower per video, text tower per caption, the reducer's own work apart; FLOPs = 2 x
 MACs), fvcore's count of the actual forward with every multiply-add op handled, training
 activation memory (full fine-tuning and LoRA), peak resident memory of inference and of a
-training step (fresh subprocesses), inference videos/s per batch size with spread, the share of
-the forward spent in the reducer's hooks, one training step's time, and the environment. The
-slow parts are optional; ``tokred measure`` (:mod:`tokred.cli.measure`) and the sweep call it.
+training step (fresh subprocesses), the speed-up against ``none`` per batch size (timed in
+interleaved rounds in this process over the same weights and input, see :func:`paired_speed`)
+with videos/s, the share of the forward spent in the reducer's hooks, one training step's time,
+and the environment. The slow parts are optional; ``tokred measure`` (:mod:`tokred.cli.measure`)
+and the sweep call it.
 """
 
 from __future__ import annotations
@@ -22,18 +24,21 @@ from torch import nn
 from tokred.cost.analytic import text_macs, visual_macs
 from tokred.cost.build import Built, LoRAUnavailable, build
 from tokred.cost.memory import MB, activation_per_video, cuda_peak_mb, module_tensors, peak_rss_mb
-from tokred.cost.record import CostRecord, speed_fields
+from tokred.cost.record import CostRecord, compare, speed_fields
 from tokred.cost.sites import site_timing
+from tokred.cost.specs import BASELINE
 from tokred.cost.timing import (
+    PairedTiming,
     environment,
     fixed_video,
     inference_throughput,
     make_train_step,
+    paired_throughput,
     train_step_time,
 )
 from tokred.encoder import Trace, VideoEncoder
 from tokred.models import TIMM_PREFIX
-from tokred.registry import preset_of
+from tokred.registry import create_reducer, preset_of
 from tokred.training.precision import autocast
 
 log = logging.getLogger(__name__)
@@ -109,6 +114,26 @@ def analytic_record(built: Built, frames: int, text_tokens: int) -> CostRecord:
         "mlp_tokens": trace.mlp_tokens(),
         "trace": trace.to_dict(),
     }
+
+
+def paired_speed(built: Built, reducer: str, frames: int, batch_sizes: Sequence[int],
+                 rounds: int, warmup: int, device: str, precision: str,
+                 clock: Callable[[], float]) -> tuple[CostRecord, float | None]:
+    """Speed fields of ``built`` against ``none`` and none's GMACs per video (None for none).
+
+    ``none``'s encoder wraps the same backbone (the same weights) and both run on the same
+    fixed batch in ``rounds`` interleaved rounds of one call each, after ``warmup`` discarded
+    calls each; ``none`` itself is its own baseline, every per-round ratio exactly 1.
+    """
+    enc = built.encoder
+    if reducer == BASELINE:
+        alone = inference_throughput(enc, frames, batch_sizes, warmup, rounds, device, precision,
+                                     clock)
+        return speed_fields({b: PairedTiming.itself(t) for b, t in alone.items()}), None
+    base = VideoEncoder(enc.backbone, create_reducer(BASELINE), frames).eval()
+    paired = paired_throughput(base, enc, frames, batch_sizes, rounds, warmup, 1, device,
+                               precision, clock)
+    return speed_fields(paired), visual_macs(traced(base, frames)[0]) / 1e9
 
 
 def fvcore_record(built: Built, frames: int, rec: CostRecord) -> CostRecord:
@@ -234,8 +259,9 @@ def measure(
     """One cost record for ``model_name`` with reducer ``reducer_name(**options)``.
 
     Analytic MACs are always computed (milliseconds); fvcore (a few seconds), activation memory
-    (two training forwards per mode), peak RSS (three subprocesses), throughput, the share of
-    the forward in the reducer's hooks (at the largest batch size) and the time of one training
+    (two training forwards per mode), peak RSS (three subprocesses), the speed-up against
+    ``none`` (``repeats`` paired rounds per batch size, :func:`paired_speed`), the share of the
+    forward in the reducer's hooks (at the largest batch size) and the time of one training
     step (``train_step``: ``"full"`` or ``"lora"``) are each optional. ``clock="cpu"`` times
     with the process CPU time (see :data:`CLOCKS`). ``quick_gelu``: see
     :func:`tokred.cost.build.build`; the record's ``activation`` says which one the measured
@@ -260,8 +286,11 @@ def measure(
     if fvcore:
         rec.update(fvcore_record(built, frames, rec))
     if speed:
-        rec.update(speed_fields(inference_throughput(
-            built.encoder, frames, batch_sizes, warmup, repeats, device, precision, tick)))
+        fields, base_gmacs = paired_speed(built, reducer_name, frames, batch_sizes, repeats,
+                                          warmup, device, precision, tick)
+        rec.update(fields)
+        base = CostRecord(gmacs=rec["gmacs"] if base_gmacs is None else base_gmacs)
+        rec.update(compare(rec, base))
     if site_share:
         t = site_timing(built.encoder, frames, max(batch_sizes), warmup, repeats, device,
                         precision, tick)

@@ -4,8 +4,10 @@ writes (one JSON line each) and the sweep stores unchanged.
 A record is a plain ``dict`` (JSON as it is) typed by :class:`CostRecord`; keys a measurement
 did not run are absent. Every GMACs value is per video (per caption for text), FLOPs = 2 x MACs;
 "mb" is MiB (2**20 bytes). Per-batch-size values are keyed by the batch size as a string (JSON
-object keys). :func:`compare` is the one place speed-up, ideal speed-up and their ratio are
-computed.
+object keys). :func:`compare` is the one place speed-up, ideal speed-up, their ratio and the
+suspect flag are computed; the speed-up is always paired (``none`` and the reducer timed in the
+same interleaved rounds, :class:`tokred.cost.timing.PairedTiming`), never a ratio of two
+separate timings.
 """
 
 from __future__ import annotations
@@ -15,7 +17,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Optional, TypedDict
 
-from tokred.cost.timing import Timing
+from tokred.cost.timing import PairedTiming
+
+# A speed-up more than 10 % above its GMACs ideal is not believed: removing work cannot speed a
+# forward up by more than the work removed, give or take cache effects, so such a number says
+# the machine's speed changed under the measurement (or the measurement is broken).
+SUSPECT_FACTOR = 1.1
 
 
 class CostRecord(TypedDict, total=False):
@@ -53,11 +60,11 @@ class CostRecord(TypedDict, total=False):
     fvcore_unaccounted_ops: dict  # ops no handle classifies (should be empty)
     fvcore_uncounted_ops: dict  # iterative decompositions (SVD): arithmetic not counted
     fvcore_rel_diff: float  # fvcore / (analytic + readout + reducer work) - 1
-    # inference throughput, per batch size
+    # inference throughput, per batch size (absolute: secondary to the paired speed-up)
     videos_per_s: dict
     videos_per_s_spread: dict  # half inter-quartile range / median
     timings: dict  # Timing.to_dict() per batch size
-    speed_rounds: int  # interleaved rounds the samples were pooled from
+    paired_timings: dict  # PairedTiming.to_dict() per batch size: this against none, same rounds
     # activation memory: bytes saved for backward per video (full fine-tuning, LoRA)
     activation_mb_per_video_full: Optional[float]
     activation_mb_per_video_lora: Optional[float]
@@ -88,9 +95,15 @@ class CostRecord(TypedDict, total=False):
     site_seconds: dict  # per video, by "pre_block@6" / "post_attn@3"
     site_batch: int
     # against the baseline (``none`` on the same model, same process): see compare()
-    speedup: float  # measured videos/s ratio at the largest batch size
+    speedup: float  # median per-round ratio none time / this time, at the largest batch size
+    speedup_low: float  # spread of the per-round ratios: see speedup_spread
+    speedup_high: float
+    speedup_spread: str  # "IQR" (quartiles, >= 5 rounds) or "min-max" (fewer rounds)
+    speedup_rounds: int
+    speedup_batch: int  # the batch size the speed-up is at
     ideal_speedup: float  # GMACs ratio
     ratio: float  # speedup / ideal_speedup
+    speedup_suspect: bool  # speedup > SUSPECT_FACTOR x ideal_speedup: see is_suspect()
     train_step_ratio: float  # step time / the baseline's
     memory_ratio: float  # activation per video / the baseline's (the train-step mode's)
 
@@ -98,29 +111,38 @@ class CostRecord(TypedDict, total=False):
 KEYS = frozenset(CostRecord.__annotations__)
 
 
-def speed_fields(timings: Mapping[int, Timing], rounds: int = 1) -> CostRecord:
-    """The throughput keys of a record from one :class:`Timing` per batch size."""
+def speed_fields(paired: Mapping[int, PairedTiming]) -> CostRecord:
+    """The throughput keys of a record from one paired timing against none per batch size."""
     return CostRecord(
-        videos_per_s={str(b): t.per_second for b, t in timings.items()},
-        videos_per_s_spread={str(b): t.spread for b, t in timings.items()},
-        timings={str(b): t.to_dict() for b, t in timings.items()},
-        speed_rounds=rounds,
+        videos_per_s={str(b): p.timing.per_second for b, p in paired.items()},
+        videos_per_s_spread={str(b): p.timing.spread for b, p in paired.items()},
+        timings={str(b): p.timing.to_dict() for b, p in paired.items()},
+        paired_timings={str(b): p.to_dict() for b, p in paired.items()},
     )
 
 
-def compare(rec: CostRecord, base: CostRecord) -> CostRecord:
-    """Speed-up, ideal speed-up (GMACs ratio) and their ratio of ``rec`` against ``base``.
+def is_suspect(speedup: float, ideal: float) -> bool:
+    """True when a measured speed-up is more than :data:`SUSPECT_FACTOR` x its GMACs ideal."""
+    return speedup > SUSPECT_FACTOR * ideal
 
-    Speed is compared at the largest batch size both were timed at; the training step and its
-    activation memory when both have them. Keys whose inputs are missing are left out.
+
+def compare(rec: CostRecord, base: CostRecord) -> CostRecord:
+    """Speed-up, ideal speed-up (GMACs ratio), their ratio and the suspect flag of ``rec``
+    against the baseline record ``base`` (``none`` on the same model).
+
+    The speed-up is ``rec``'s own paired timing against none (``paired_timings``, timed in the
+    same rounds), at the largest batch size; ``base`` gives the GMACs, and the training step and
+    its activation memory when both have them. Keys whose inputs are missing are left out.
     """
     out = CostRecord(ideal_speedup=base["gmacs"] / rec["gmacs"])
-    vps, vps0 = rec.get("videos_per_s") or {}, base.get("videos_per_s") or {}
-    shared = [b for b in vps if b in vps0]
-    if shared:
-        big = max(shared, key=int)
-        out["speedup"] = vps[big] / vps0[big]
+    paired = rec.get("paired_timings") or {}
+    if paired:
+        big = max(paired, key=int)
+        p = paired[big]
+        out.update(speedup=p["speedup"], speedup_low=p["low"], speedup_high=p["high"],
+                   speedup_spread=p["spread"], speedup_rounds=p["rounds"], speedup_batch=int(big))
         out["ratio"] = out["speedup"] / out["ideal_speedup"]
+        out["speedup_suspect"] = is_suspect(out["speedup"], out["ideal_speedup"])
     if rec.get("train_step_s") and base.get("train_step_s"):
         out["train_step_ratio"] = rec["train_step_s"] / base["train_step_s"]
     key = f"activation_mb_per_video_{rec.get('train_step_mode', 'full')}"

@@ -1,19 +1,27 @@
-"""Throughput protocol: fixed input, warm-up discarded, median and spread over repeats."""
+"""Throughput protocol: fixed input, warm-up discarded, median and spread over repeats.
+
+A speed-up is measured, never divided out of two separate timings: :func:`paired_timing` runs
+the baseline and the candidate in interleaved rounds in one process on the same input and
+reports the median of the per-round ratios with their spread (:class:`PairedTiming`).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 import torch.nn.functional as F
 
 from tokred.training.precision import autocast
+
+K = TypeVar("K")  # what a caller names its timed callables by
 
 
 @dataclass(frozen=True)
@@ -118,21 +126,31 @@ def inference_throughput(
     """Videos per second of ``encoder`` in eval mode under ``inference_mode``, per batch size.
 
     ``encoder`` is called as ``encoder(video)`` on a fixed random video batch of the size its
-    backbone expects; its train/eval mode is restored afterwards.
+    backbone expects; its train/eval mode is restored afterwards. A speed-up is never the ratio
+    of two of these: use :func:`paired_throughput`.
     """
     size = encoder.backbone.spec.image_size
-    was_training = encoder.training
-    encoder.eval()
     out = {}
-    try:
+    with _evaluating(encoder):
         for b in batch_sizes:
             video = fixed_video(b, frames, size, device)
             with torch.inference_mode(), autocast(device, precision):
                 out[b] = time_calls(lambda v=video: encoder(v), items=b, warmup=warmup,
                                     repeats=repeats, device=device, clock=clock)
-    finally:
-        encoder.train(was_training)
     return out
+
+
+@contextlib.contextmanager
+def _evaluating(*modules: torch.nn.Module) -> Iterator[None]:
+    """Eval mode inside the block, each module's own train/eval mode restored afterwards."""
+    modes = [m.training for m in modules]
+    try:
+        for m in modules:
+            m.eval()
+        yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.train(mode)
 
 
 def make_train_step(
@@ -195,9 +213,149 @@ def train_step_time(
         encoder.train(was_training)
 
 
+# From this many rounds on, a speed-up's low/high are the quartiles of its per-round ratios; with
+# fewer, quartiles are mostly interpolation, so low/high are the smallest and largest ratio.
+IQR_ROUNDS = 5
+
+
+@dataclass(frozen=True)
+class PairedTiming:
+    """A candidate and the baseline timed in the same interleaved rounds.
+
+    ``base.times[i]`` and ``timing.times[i]`` are the seconds per call of each in round ``i``,
+    taken back to back. The speed-up is the median of the per-round ratios ``base / candidate``:
+    a change in the machine's speed between rounds scales both sides of a round alike and
+    cancels in its ratio, where a ratio of two separate timings would carry it whole.
+    """
+
+    base: Timing
+    timing: Timing
+
+    def __post_init__(self) -> None:
+        if len(self.base.times) != len(self.timing.times) or self.base.items != self.timing.items:
+            raise ValueError(
+                f"a paired timing needs the same rounds and batch on both sides, got "
+                f"{len(self.base.times)} vs {len(self.timing.times)} rounds of {self.base.items} "
+                f"vs {self.timing.items} items; time both with paired_timing")
+
+    @property
+    def ratios(self) -> list[float]:
+        """Baseline time / candidate time, one per round (above 1: the candidate is faster)."""
+        return [b / t for b, t in zip(self.base.times, self.timing.times)]
+
+    @property
+    def speedup(self) -> float:
+        return statistics.median(self.ratios)
+
+    @property
+    def spread(self) -> str:
+        """What :attr:`bounds` are: ``"IQR"`` (quartiles) or ``"min-max"`` (few rounds)."""
+        return "IQR" if len(self.ratios) >= IQR_ROUNDS else "min-max"
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """(low, high) of the per-round ratios, as :attr:`spread` says."""
+        r = self.ratios
+        if len(r) < IQR_ROUNDS:
+            return min(r), max(r)
+        q = statistics.quantiles(r, n=4, method="inclusive")
+        return q[0], q[2]
+
+    def to_dict(self) -> dict:
+        low, high = self.bounds
+        return {"speedup": self.speedup, "low": low, "high": high, "spread": self.spread,
+                "rounds": len(self.ratios), "ratios": self.ratios, "items": self.timing.items,
+                "base_s": self.base.times, "times_s": self.timing.times}
+
+    @classmethod
+    def itself(cls, timing: Timing) -> PairedTiming:
+        """The baseline against itself: every ratio exactly 1 (its row in a paired table)."""
+        return cls(timing, timing)
+
+
+def interleaved_rounds(
+    fns: Mapping[K, Callable[[], object]],
+    rounds: int,
+    warmup: int = 1,
+    repeats: int = 1,
+    device: torch.device | str | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[K, list[float]]:
+    """Seconds per call of every callable in each of ``rounds`` interleaved rounds.
+
+    Each callable first gets ``warmup`` discarded calls. A round then runs the callables in
+    turn, ``repeats`` timed calls each in a row, and keeps each one's median; every other round
+    runs in reverse order (a, b | b, a | a, b ...), so no callable always follows the same one
+    and what the machine's load does between rounds hits all sides of a round alike.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    order = list(fns.items())
+    out: dict[K, list[float]] = {key: [] for key in fns}
+    for rnd in range(rounds):
+        for key, fn in order if rnd % 2 == 0 else order[::-1]:
+            t = time_calls(fn, items=1, warmup=0, repeats=repeats, device=device, clock=clock)
+            out[key].append(t.median)
+    return out
+
+
+def paired_timing(
+    base: Callable[[], object],
+    fn: Callable[[], object],
+    items: int,
+    rounds: int = 5,
+    warmup: int = 1,
+    repeats: int = 1,
+    device: torch.device | str | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> PairedTiming:
+    """``fn`` against the baseline ``base`` in interleaved rounds (:func:`interleaved_rounds`):
+    ``items`` processed per call by both; ``clock`` is injectable for tests."""
+    t = interleaved_rounds({"base": base, "fn": fn}, rounds, warmup, repeats, device, clock)
+    return PairedTiming(Timing(t["base"], warmup, items), Timing(t["fn"], warmup, items))
+
+
+def paired_inference(
+    base: torch.nn.Module,
+    encoder: torch.nn.Module,
+    video: torch.Tensor,
+    rounds: int = 5,
+    warmup: int = 1,
+    repeats: int = 1,
+    precision: str = "fp32",
+    clock: Callable[[], float] = time.perf_counter,
+) -> PairedTiming:
+    """``encoder(video)`` against ``base(video)``: the same input, eval mode, inference mode."""
+    with _evaluating(base, encoder), torch.inference_mode(), \
+            autocast(video.device, precision):
+        return paired_timing(lambda: base(video), lambda: encoder(video), video.shape[0],
+                             rounds, warmup, repeats, video.device, clock)
+
+
+def paired_throughput(
+    base: torch.nn.Module,
+    encoder: torch.nn.Module,
+    frames: int,
+    batch_sizes: Sequence[int] = (1,),
+    rounds: int = 5,
+    warmup: int = 1,
+    repeats: int = 1,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[int, PairedTiming]:
+    """Speed-up of ``encoder`` over ``base`` per batch size, on one fixed video batch each."""
+    size = encoder.backbone.spec.image_size
+    return {b: paired_inference(base, encoder, fixed_video(b, frames, size, device), rounds,
+                                warmup, repeats, precision, clock) for b in batch_sizes}
+
+
 def interleaved_throughput(
-    encoders: dict[str, torch.nn.Module],
-    frames: dict[str, int] | int,
+    encoders: Mapping[K, torch.nn.Module],
+    frames: int,
     batch_sizes: Sequence[int] = (1, 4),
     rounds: int = 3,
     warmup: int = 1,
@@ -205,22 +363,20 @@ def interleaved_throughput(
     device: torch.device | str = "cpu",
     precision: str = "fp32",
     clock: Callable[[], float] = time.perf_counter,
-) -> dict[str, dict[int, Timing]]:
-    """Throughput of several encoders measured in interleaved rounds (for a shared machine).
+) -> dict[K, dict[int, Timing]]:
+    """Several encoders timed in the same interleaved rounds, per batch size (one fixed batch).
 
-    Each round times every encoder in turn (``warmup`` discarded calls, then ``repeats``), so a
-    burst of load from other processes hits all of them alike instead of one; every other round
-    runs in reverse order, so no encoder always follows the same one. The timed samples of all
-    rounds are pooled into one :class:`Timing` per encoder and batch size.
+    ``Timing.times`` are per-round seconds per call (each the median of ``repeats`` calls), the
+    same rounds for every encoder: pair any two with :class:`PairedTiming` for their speed-up.
     """
-    pooled: dict[str, dict[int, list[float]]] = {k: {b: [] for b in batch_sizes} for k in encoders}
-    order = list(encoders.items())
-    for rnd in range(rounds):
-        for key, enc in order if rnd % 2 == 0 else order[::-1]:
-            t = frames[key] if isinstance(frames, dict) else frames
-            out = inference_throughput(enc, t, batch_sizes, warmup, repeats, device, precision,
-                                       clock)
-            for b, timing in out.items():
-                pooled[key][b] += timing.times
-    return {k: {b: Timing(times=v, warmup=warmup * rounds, items=b) for b, v in per.items()}
-            for k, per in pooled.items()}
+    size = next(iter(encoders.values())).backbone.spec.image_size
+    out: dict[K, dict[int, Timing]] = {key: {} for key in encoders}
+    with _evaluating(*encoders.values()):
+        for b in batch_sizes:
+            video = fixed_video(b, frames, size, device)
+            fns = {key: (lambda e=enc, v=video: e(v)) for key, enc in encoders.items()}
+            with torch.inference_mode(), autocast(device, precision):
+                times = interleaved_rounds(fns, rounds, warmup, repeats, device, clock)
+            for key, t in times.items():
+                out[key][b] = Timing(t, warmup, b)
+    return out
