@@ -142,6 +142,11 @@ class VideoEncoder(nn.Module):
 
     def _check_video(self, video: Tensor) -> int:
         spec = self.backbone.spec
+        if not isinstance(video, Tensor):
+            raise TypeError(f"VideoEncoder expects a torch.Tensor [B, T, 3, H, W], got "
+                            f"{type(video).__name__}; convert with torch.from_numpy(x) and "
+                            f"preprocess with tokred.data.clip_preprocess")
+        self._check_dtype(video)
         if video.dim() != 5 or video.shape[2] != 3:
             raise ValueError(
                 f"VideoEncoder expects video [B, T, 3, H, W], got shape {tuple(video.shape)}; "
@@ -153,6 +158,20 @@ class VideoEncoder(nn.Module):
                 f"{video.shape[-2]}x{video.shape[-1]}; preprocess with tokred.data.transforms"
             )
         return video.shape[1]
+
+    def _check_dtype(self, video: Tensor) -> None:
+        """Float frames in the weights' dtype (any float under autocast, which casts them)."""
+        if not video.is_floating_point():
+            raise ValueError(f"VideoEncoder expects float frames normalised as CLIP expects, got "
+                             f"{video.dtype}; preprocess uint8 frames with "
+                             f"tokred.data.clip_preprocess (it returns float32 [T, 3, S, S])")
+        weights = next(self.backbone.parameters(), None)
+        if weights is None or video.dtype == weights.dtype:
+            return
+        if not torch.is_autocast_enabled(video.device.type):
+            raise ValueError(f"video is {video.dtype} but the model's weights are "
+                             f"{weights.dtype}; pass video.to({weights.dtype}) or run under "
+                             f"torch.autocast")
 
 
 def _is_identity(reducer: TokenReducer) -> bool:

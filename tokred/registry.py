@@ -23,11 +23,23 @@ GROUP = "tokred.reducers"
 _REGISTRY: dict[str, type[TokenReducer]] = {}
 
 
+class UnknownReducerError(KeyError):
+    """No reducer (or preset) of that name; the message lists close matches and the choices."""
+
+
+class ReducerOptionError(TypeError):
+    """A reducer was given an option it does not take; the message names the valid ones."""
+
+
 def register_reducer(name: str) -> Callable[[type[TokenReducer]], type[TokenReducer]]:
     """Class decorator registering a :class:`TokenReducer` under ``name``.
 
+    A name belongs to one class: the one registered first, and if an installed entry point
+    declares the name, the class it points to, whatever the import order (a plugin imported
+    before the built-ins cannot take over ``tome``).
+
     Raises:
-        ValueError: if another class is already registered under ``name``.
+        ValueError: another class holds ``name``, naming both classes and their packages.
     """
 
     def decorate(cls: type[TokenReducer]) -> type[TokenReducer]:
@@ -35,10 +47,13 @@ def register_reducer(name: str) -> Callable[[type[TokenReducer]], type[TokenRedu
             raise TypeError(f"@register_reducer({name!r}) must decorate a TokenReducer subclass")
         old = _REGISTRY.get(name)
         if old is not None and _qualname(old) != _qualname(cls):
-            raise ValueError(
-                f"reducer name {name!r} is already registered by {_qualname(old)}; "
-                f"{_qualname(cls)} must use another name"
-            )
+            raise ValueError(f"reducer name {name!r} is already registered by {_origin(old)}; "
+                             f"{_origin(cls)} must use another name")
+        ep = _entry_points().get(name)
+        if ep is not None and (ep.module, ep.attr) != (cls.__module__, cls.__qualname__):
+            raise ValueError(f"reducer name {name!r} belongs to {ep.value} (distribution "
+                             f"{_dist(ep)}, entry-point group {GROUP!r}); {_origin(cls)} must "
+                             f"use another name")
         _REGISTRY[name] = cls
         cls.reducer_name = name
         return cls
@@ -50,14 +65,27 @@ def _qualname(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def _origin(cls: type) -> str:
+    """``module.Class (distribution NAME)`` for messages about a name clash."""
+    top = cls.__module__.split(".")[0]
+    dists = metadata.packages_distributions().get(top) or [f"none: module {top!r} is not installed"]
+    return f"{_qualname(cls)} (distribution {dists[0]})"
+
+
+def _dist(ep: metadata.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)  # Python >= 3.10
+    return dist.name if dist is not None else "?"
+
+
 def _entry_points() -> dict[str, metadata.EntryPoint]:
     found: dict[str, metadata.EntryPoint] = {}
     for ep in metadata.entry_points(group=GROUP):
         other = found.get(ep.name)
         if other is not None and other.value != ep.value:
             raise ValueError(
-                f"two installed packages declare reducer {ep.name!r} in entry-point group "
-                f"{GROUP!r}: {other.value} and {ep.value}; uninstall or rename one"
+                f"two installed distributions declare reducer {ep.name!r} in entry-point group "
+                f"{GROUP!r}: {_dist(other)} ({other.value}) and {_dist(ep)} ({ep.value}); "
+                f"uninstall one or rename its reducer"
             )
         found[ep.name] = ep
     return found
@@ -72,7 +100,7 @@ def get_reducer_class(name: str) -> type[TokenReducer]:
     """The class registered under ``name``, importing its plugin module if needed.
 
     Raises:
-        KeyError: unknown name, with close matches and the available list.
+        UnknownReducerError: unknown name, with close matches and the available list.
     """
     if name in _REGISTRY:
         return _REGISTRY[name]
@@ -81,7 +109,7 @@ def get_reducer_class(name: str) -> type[TokenReducer]:
         available = list_reducers()
         close = difflib.get_close_matches(name, available, n=3)
         hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
-        raise KeyError(
+        raise UnknownReducerError(
             f"unknown reducer {name!r}.{hint} Available: {', '.join(available)}. "
             f"Third-party reducers are found through the entry-point group {GROUP!r}."
         )
@@ -124,11 +152,13 @@ def resolve_options(name: str, preset: str | None = None, **options: Any) -> tup
     """``(reducer name, options)`` for a name or ``name.tag`` spec, a preset and overrides.
 
     Raises:
-        KeyError: unknown reducer or preset (naming the available presets and close matches).
+        UnknownReducerError: unknown reducer or preset (naming the available presets and close
+            matches), or a spec and a preset that disagree.
     """
     name, tag = split_spec(name)
     if tag is not None and preset is not None and tag != preset:
-        raise KeyError(f"reducer spec {name}.{tag} and preset={preset!r} disagree; give one")
+        raise UnknownReducerError(f"reducer spec {name}.{tag} and preset={preset!r} disagree; "
+                                  f"give one")
     tag = tag if tag is not None else preset
     if tag is None:
         return name, dict(options)
@@ -136,7 +166,7 @@ def resolve_options(name: str, preset: str | None = None, **options: Any) -> tup
     if tag not in presets:
         close = difflib.get_close_matches(tag, list(presets), n=2)
         hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
-        raise KeyError(f"reducer {name!r} has no preset {tag!r}.{hint} Presets: "
+        raise UnknownReducerError(f"reducer {name!r} has no preset {tag!r}.{hint} Presets: "
                        f"{', '.join(presets) or '(none)'}")
     return name, {**presets[tag], **options}
 
@@ -164,8 +194,9 @@ def create_reducer(name: str, preset: str | None = None, **options: Any) -> Toke
     """Instantiate reducer ``name`` (or ``"name.tag"``) with a preset and keyword ``options``.
 
     Raises:
-        KeyError: unknown reducer or preset.
-        TypeError: unknown option, naming the valid ones and close matches.
+        UnknownReducerError: unknown reducer or preset (a ``KeyError``).
+        ReducerOptionError: unknown option, naming the valid ones and close matches (a
+            ``TypeError``).
     """
     name, options = resolve_options(name, preset, **options)
     cls = get_reducer_class(name)
@@ -174,7 +205,7 @@ def create_reducer(name: str, preset: str | None = None, **options: Any) -> Toke
         if key not in valid:
             close = difflib.get_close_matches(key, list(valid), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise TypeError(
+            raise ReducerOptionError(
                 f"unknown option {key!r} for reducer {name!r}.{hint} "
                 f"Valid options: {', '.join(valid) or '(none)'}"
             )

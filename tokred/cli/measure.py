@@ -19,6 +19,7 @@ from typing import Callable
 
 import torch
 
+from tokred.cli.args import NONNEG_INT, POSITIVE_INT, output_file
 from tokred.cost.build import build_many
 from tokred.cost.measure import CLOCKS, TRAIN_MODES, clock_fn, measure
 from tokred.cost.record import SUSPECT_FACTOR, CostRecord, append_jsonl, compare, speed_fields
@@ -39,21 +40,21 @@ def parser() -> argparse.ArgumentParser:
                    help="name, name:key=value,... (YAML values), name.tag (a preset), "
                    "name.tag:key=value, name.paper (its papers' settings for the model), or "
                    "'paper' (every registered reducer's papers' settings)")
-    p.add_argument("--frames", type=int, default=12, help="frames per video")
-    p.add_argument("--timm-frames", type=int, default=1, help="frames for timm: models")
-    p.add_argument("--batch-size", type=int, nargs="+", default=[1, 4], metavar="N",
+    p.add_argument("--frames", type=POSITIVE_INT, default=12, help="frames per video")
+    p.add_argument("--timm-frames", type=POSITIVE_INT, default=1, help="frames for timm: models")
+    p.add_argument("--batch-size", type=POSITIVE_INT, nargs="+", default=[1, 4], metavar="N",
                    help="videos per timed call; speed-ups at the largest")
-    p.add_argument("--repeats", type=int, default=5,
+    p.add_argument("--repeats", type=POSITIVE_INT, default=5,
                    help="timed calls per setting per round (their median is its round time)")
-    p.add_argument("--warmup", type=int, default=2,
+    p.add_argument("--warmup", type=NONNEG_INT, default=2,
                    help="discarded calls per setting and batch size before the rounds")
-    p.add_argument("--rounds", type=int, default=3,
+    p.add_argument("--rounds", type=POSITIVE_INT, default=3,
                    help="interleaved timing rounds (alternating order; one speed-up ratio "
                    "against none per round)")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="autocast precision")
     p.add_argument("--device", default="auto", help="'auto': cuda if available, else cpu")
-    p.add_argument("--threads", type=int, help="torch.set_num_threads (recorded in env)")
+    p.add_argument("--threads", type=POSITIVE_INT, help="torch.set_num_threads (recorded in env)")
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                    help="wall time, or process CPU time (with --threads 1 on a shared CPU)")
     p.add_argument("--skip-fvcore", action="store_true", help="no fvcore cross-check")
@@ -64,13 +65,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--train-step", choices=TRAIN_MODES,
                    help="time one training step: full fine-tuning, or TempMe's recipe (LoRA "
                    "rank 8 on every qkv of both towers + the reducer's parameters)")
-    p.add_argument("--train-batch", type=int, default=2, help="videos per training step")
+    p.add_argument("--train-batch", type=POSITIVE_INT, default=2, help="videos per training step")
     p.add_argument("--site-timing", action="store_true",
                    help="share of the forward time inside the reducer's own hooks")
     p.add_argument("--quick-gelu", action=argparse.BooleanOptionalAction, default=None,
                    help="force the CLIP activation; unset: QuickGELU for OpenAI architectures "
                    "such as ViT-B-32/B-16, GELU for the scale models")
-    p.add_argument("--out", metavar="FILE.jsonl", help="append one JSON line per record")
+    p.add_argument("--out", type=output_file, metavar="FILE.jsonl",
+                   help="append one JSON line per record")
     return p
 
 

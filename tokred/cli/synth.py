@@ -6,9 +6,9 @@ import argparse
 import logging
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Optional
 
+from tokred.cli.args import NONNEG, NONNEG_INT, POSITIVE_INT, PROBABILITY, output_dir
 from tokred.synth.generate import SynthConfig, generate
 
 
@@ -16,25 +16,28 @@ def main(argv: Optional[list[str]] = None) -> int:
     """``tokred synth``: generate the synthetic benchmark."""
     d = SynthConfig()
     ap = argparse.ArgumentParser(prog="tokred synth", description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True, type=Path, help="output directory")
-    ap.add_argument("--seed", type=int, default=d.seed)
-    ap.add_argument("--train-videos", type=int, default=d.train_videos)
-    ap.add_argument("--test-videos", type=int, default=d.test_videos)
-    ap.add_argument("--frames", type=int, default=d.frames)
-    ap.add_argument("--size", type=int, default=d.size, help="frame side in pixels")
-    ap.add_argument("--fps", type=int, default=d.fps)
-    ap.add_argument("--twin-frac", type=float, default=d.twin_frac)
-    ap.add_argument("--small-prob", type=float, default=d.small_prob)
+    ap.add_argument("--out", required=True, type=output_dir, help="output directory")
+    ap.add_argument("--seed", type=NONNEG_INT, default=d.seed)
+    ap.add_argument("--train-videos", type=POSITIVE_INT, default=d.train_videos)
+    ap.add_argument("--test-videos", type=POSITIVE_INT, default=d.test_videos)
+    ap.add_argument("--frames", type=POSITIVE_INT, default=d.frames, help="at least 4")
+    ap.add_argument("--size", type=POSITIVE_INT, default=d.size,
+                    help="frame side in pixels (even, at least 32)")
+    ap.add_argument("--fps", type=POSITIVE_INT, default=d.fps)
+    ap.add_argument("--twin-frac", type=PROBABILITY, default=d.twin_frac)
+    ap.add_argument("--small-prob", type=PROBABILITY, default=d.small_prob)
     ap.add_argument(
         "--test-mix",
-        type=float,
+        type=NONNEG,
         nargs=4,
         default=d.test_mix,
         metavar=("STATIC", "DIRECTION", "ORDER", "SMALL"),
     )
-    ap.add_argument("--workers", type=int, default=d.workers)
+    ap.add_argument("--workers", type=POSITIVE_INT, default=d.workers)
     ap.add_argument("--small", action="store_true", help="16 + 16 videos of 8 frames, for tests")
     a = ap.parse_args(argv)
+    if not sum(a.test_mix):
+        ap.error("--test-mix: the four fractions are all 0; give at least one a weight")
     cfg = SynthConfig(
         seed=a.seed,
         train_videos=a.train_videos,
