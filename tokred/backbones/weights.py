@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import pickletools
+import re
 import zipfile
 
 import torch
@@ -53,49 +55,103 @@ def is_torchscript(path: str | os.PathLike) -> bool:
         return False
 
 
-def read_checkpoint(path: str | os.PathLike, mmap: bool = False):
-    """The object in a checkpoint file, loaded as safely as the file allows.
+class UnsafeCheckpointError(ValueError):
+    """A pickle that holds more than tensors and plain containers; loading it could run code."""
+
+
+def read_checkpoint(path: str | os.PathLike, mmap: bool = False, *, trust_pickle: bool = False):
+    """The object in a checkpoint file, loaded without running code from it.
 
     Plain state dicts and tokred checkpoints load with ``weights_only=True``; TorchScript
-    archives (OpenAI's ``ViT-B-32.pt``) with ``torch.jit.load``. Other pickles (objects beyond
-    tensors and containers) still load as before this function existed, unrestricted: that
-    fallback is the one remaining unsafe load of this module, kept until loading is made safe
-    everywhere. ``mmap``: map tensors instead of reading them (zip-format files; for peeking).
+    archives (OpenAI's ``ViT-B-32.pt``) with ``torch.jit.load``. A pickle holding other Python
+    objects is refused: unpickling it could run any code its author put in (``__reduce__``).
+    ``trust_pickle=True`` loads such a file unrestricted (``--trust-pickle`` on the command
+    line): only for a file from a trusted source. ``mmap``: map tensors instead of reading them
+    (zip-format files; for peeking).
 
     Raises:
         FileNotFoundError: the file does not exist.
+        UnsafeCheckpointError: the file holds other objects and ``trust_pickle`` is False.
+        ValueError: the file is empty, truncated or not a checkpoint at all.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist; pass the path of a .pt/.pth file")
-    if is_torchscript(path):
-        return torch.jit.load(path, map_location="cpu")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"checkpoint {path} is empty (0 bytes); copy or download it again")
     try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-        except RuntimeError as err:
-            if not mmap or "mmap" not in str(err):
-                raise
-            return torch.load(path, map_location="cpu", weights_only=True)  # legacy format
-    except pickle.UnpicklingError:
-        log.warning("%s: not loadable with weights_only=True; loading it unrestricted", path)
+        if is_torchscript(path):
+            return torch.jit.load(path, map_location="cpu")
+        return _torch_load(path, mmap, trust_pickle)
+    except pickle.UnpicklingError as err:
+        if not _is_pickle(path, err):
+            raise ValueError(f"{path} is not a readable checkpoint (truncated, or not a torch "
+                             f"file): {_first_line(err)}; copy or download it again") from None
+        raise UnsafeCheckpointError(
+            f"{path} holds Python objects beyond tensors and plain containers, and unpickling "
+            f"them could run code hidden in the file ({_unsafe_part(err)}). If you trust where "
+            f"it comes from, pass --trust-pickle (trust_pickle=True) to load it unrestricted; "
+            f"better, re-save its state dict: torch.save(obj.state_dict(), 'clean.pt')"
+        ) from None
+    except Exception as err:  # torch.load reports a damaged file with many exception types
+        raise ValueError(f"{path} is not a readable checkpoint (truncated, or not a torch "
+                         f"file): {_first_line(err)}; copy or download it again") from None
+
+
+def _torch_load(path: str, mmap: bool, trust_pickle: bool):
+    if trust_pickle:
+        log.warning("%s: loading unrestricted (trust_pickle): code in the file can run", path)
         return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except RuntimeError as err:
+        if not mmap or "mmap" not in str(err):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)  # legacy format
 
 
-def peek_checkpoint(path: str | os.PathLike):
+def _is_pickle(path: str, err: pickle.UnpicklingError) -> bool:
+    """Whether a file torch's restricted unpickler refused is a well-formed pickle (then it
+    holds objects it does not allow) rather than damaged or not a pickle at all."""
+    if "GLOBAL" in str(err):
+        return True
+    try:
+        with open(path, "rb") as f:
+            for _ in pickletools.genops(f):  # parses opcodes, runs nothing
+                pass
+    except Exception:  # any parse failure: not a pickle
+        return False
+    return True
+
+
+def _unsafe_part(err: pickle.UnpicklingError) -> str:
+    """What torch's restricted unpickler refused, e.g. ``GLOBAL os.makedirs``."""
+    found = re.search(r"GLOBAL [\w.]+|Unsupported operand \d+", str(err))
+    return found.group(0) if found else _first_line(err)
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
+
+
+def peek_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False):
     """:func:`read_checkpoint` with tensors memory-mapped where possible (to read ``meta``)."""
-    return read_checkpoint(path, mmap=True)
+    return read_checkpoint(path, mmap=True, trust_pickle=trust_pickle)
 
 
-def load_clip_weights(model: nn.Module, path: str | os.PathLike, strict_visual: bool = True) -> None:
+def load_clip_weights(model: nn.Module, path: str | os.PathLike, strict_visual: bool = True,
+                      *, trust_pickle: bool = False) -> None:
     """Load a local checkpoint into an open_clip ``CLIP`` model in place.
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the visual tower's keys are missing or have the wrong shapes.
+        ValueError: the file cannot be read safely (see :func:`read_checkpoint`), or the visual
+            tower's keys are missing or have the wrong shapes.
     """
     path = os.fspath(path)
-    load_clip_state_dict(model, extract_clip_state_dict(read_checkpoint(path)), path, strict_visual)
+    obj = read_checkpoint(path, trust_pickle=trust_pickle)
+    load_clip_state_dict(model, extract_clip_state_dict(obj), path, strict_visual)
 
 
 def load_clip_state_dict(
@@ -131,6 +187,7 @@ def activation_for(
     init: str | None = None,
     *,
     quick_gelu: bool | None = None,
+    trust_pickle: bool = False,
 ) -> str:
     """The MLP activation a CLIP built for these weights must use: ``quick_gelu`` or ``gelu``.
 
@@ -155,6 +212,7 @@ def activation_for(
         pretrained: open_clip tag, local checkpoint path or None.
         init: checkpoint the weights are then initialised from (``TrainConfig.init``) or None.
         quick_gelu: explicit override.
+        trust_pickle: passed to :func:`read_checkpoint` for the local files read.
 
     Raises:
         ValueError: ``quick_gelu=False`` for a ``-quickgelu`` model name.
@@ -172,7 +230,7 @@ def activation_for(
         if os.path.isfile(source):
             from tokred.backbones.weights import peek_checkpoint
 
-            return weights_activation(peek_checkpoint(source), source)
+            return weights_activation(peek_checkpoint(source, trust_pickle=trust_pickle), source)
         if source is init:
             raise FileNotFoundError(f"init checkpoint {init!r} does not exist")
         return "quick_gelu" if source == "openai" else "gelu"

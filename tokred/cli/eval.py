@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from tokred.cli.args import POSITIVE_INT, existing_file, json_object, output_dir
 from tokred.retrieval.evaluate import evaluate, format_metrics, load_model
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``tokred eval``: evaluate a tokred checkpoint, or a CLIP checkpoint zero-shot, on a split."""
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="tokred eval", description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", required=True,
+    ap.add_argument("--checkpoint", required=True, type=existing_file,
                     help="tokred model.pt (from tokred train), or a CLIP checkpoint for "
                     "zero-shot: OpenAI state dict / TorchScript .pt, CLIP4Clip pytorch_model.bin.N")
     ap.add_argument("--model", default=None,
@@ -21,24 +20,37 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick-gelu", action=argparse.BooleanOptionalAction, default=None,
                     help="override the MLP activation (default: the checkpoint's; QuickGELU "
                     "for CLIP files)")
+    ap.add_argument("--trust-pickle", action="store_true",
+                    help="load a checkpoint (or MSVD caption pickle) holding arbitrary Python "
+                    "objects; loading it can run code in it: trusted files only")
     ap.add_argument("--data", default="msrvtt", help="dataset kind (tokred.data.READERS)")
     ap.add_argument("--root", required=True, help="annotation directory")
     ap.add_argument("--split", default="test")
     ap.add_argument("--video-root", default=None)
     ap.add_argument("--reducer", default=None, help="evaluate with this reducer instead")
-    ap.add_argument("--reducer-options", type=json.loads, default=None, help="JSON options")
-    ap.add_argument("--frames", type=int, default=12)
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--reducer-options", type=json_object, default=None,
+                    help="JSON options of --reducer, e.g. '{\"r\": 2}'")
+    ap.add_argument("--frames", type=POSITIVE_INT, default=12)
+    ap.add_argument("--batch-size", type=POSITIVE_INT, default=64)
     ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
-    ap.add_argument("--out", default=None, help="directory for sim.npz and metrics.json")
-    a = ap.parse_args(argv)
-    from tokred.data import load_split
-    from tokred.synth import load_meta
+    ap.add_argument("--out", type=output_dir, default=None,
+                    help="directory for sim.npz and metrics.json")
+    return ap
 
-    split = load_split(a.data, a.root, a.split, a.video_root)
-    meta = load_meta(a.root) if (Path(a.root) / "synth_meta.json").is_file() else None
+
+def main(argv: list[str] | None = None) -> int:
+    """``tokred eval``: evaluate a tokred checkpoint, or a CLIP checkpoint zero-shot, on a split."""
+    ap = parser()
+    a = ap.parse_args(argv)
+    if a.reducer_options is not None and a.reducer is None:
+        ap.error("--reducer-options needs --reducer (the options of which reducer?); to change "
+                 "the checkpoint's own reducer's options, name it with --reducer too")
+    from tokred.data import load_split
+
+    split = load_split(a.data, a.root, a.split, a.video_root, trust_pickle=a.trust_pickle)
+    meta = synth_meta(a.root, a.split)
     model = load_model(a.checkpoint, a.reducer, a.reducer_options, a.frames,
-                       model_name=a.model, quick_gelu=a.quick_gelu)
+                       model_name=a.model, quick_gelu=a.quick_gelu, trust_pickle=a.trust_pickle)
     res = evaluate(
         model,
         split,
@@ -50,3 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(format_metrics(res))
     return 0
+
+
+def synth_meta(root: str, split: str):
+    """The synthetic benchmark's per-caption annotations when ``root`` is one and ``split`` is
+    its test split (``synth_meta.json`` describes the test captions only), else None."""
+    from tokred.synth import load_meta
+
+    return load_meta(root) if split == "test" and (Path(root) / "synth_meta.json").is_file() \
+        else None

@@ -8,9 +8,10 @@
 Captions are returned as strings; the model tokenises them.
 
 Bad videos: with ``skip_errors=True`` an undecodable video yields a ``{"skipped": index}``
-marker instead of raising; :func:`collate` drops it and lists it in ``batch["skipped"]``, so the
-training loop can count skips across DataLoader workers and report them at the end (the dataset
-also counts them in ``bad_videos`` when loading in the main process).
+marker instead of raising; :func:`collate` drops it and lists it in ``batch["skipped"]``, so a
+loop can count skips across DataLoader workers and report them at the end (the source also
+records them in ``bad_videos`` when loading in the main process). Training keeps its batches
+full instead: :class:`tokred.training.cache.ClipCache` replaces a bad video by the next good one.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class FrameSource:
         sampling: ``"uniform"`` or ``"tempme"`` (see ``tokred.data.video``).
         decoder: ``"auto"``, ``"decord"`` or ``"pyav"``.
         cache: Keep decoded frames in memory.
-        skip_errors: Return ``None`` for undecodable videos instead of raising.
+        skip_errors: Return ``None`` for undecodable videos instead of raising (each is decoded
+            once: ``bad_videos`` maps it to the reason).
         transform: Overrides the CLIP preprocessing (uint8 ``[T,H,W,3]`` -> float ``[T,3,S,S]``).
     """
 
@@ -70,12 +72,14 @@ class FrameSource:
         self.transform = transform or ClipTransform(image_size)
         self.skip_errors = skip_errors
         self.cache: Optional[dict[int, tuple[np.ndarray, np.ndarray]]] = {} if cache else None
-        self.bad_videos: set[int] = set()
+        self.bad_videos: dict[int, str] = {}  # video index -> why it cannot be decoded
 
     def raw(self, v: int) -> Optional[tuple[np.ndarray, np.ndarray]]:
         """Decoded ``(frames uint8 [T,H,W,3], indices [T])`` of video ``v``, or None if skipped."""
         if self.cache is not None and v in self.cache:
             return self.cache[v]
+        if self.skip_errors and v in self.bad_videos:
+            return None
         try:
             out = read_video(
                 self.split.videos[v].path, self.num_frames, self.sampling, self.decoder
@@ -83,9 +87,8 @@ class FrameSource:
         except VideoDecodeError as e:
             if not self.skip_errors:
                 raise
-            if v not in self.bad_videos:
-                logger.warning("skipping video %s: %s", self.split.videos[v].id, e)
-            self.bad_videos.add(v)
+            logger.warning("skipping video %s: %s", self.split.videos[v].id, e)
+            self.bad_videos[v] = str(e)
             return None
         if self.cache is not None:
             self.cache[v] = out
@@ -97,13 +100,14 @@ class FrameSource:
         return None if raw is None else self.transform(raw[0])
 
     def clips(
-        self, videos: Optional[list[int]] = None, chunk: int = 128
+        self, videos: Optional[list[int]] = None, chunk: int = 128, keep_going: bool = False
     ) -> dict[int, torch.Tensor]:
         """Videos (default: all) decoded and preprocessed: ``{index: float16 [T, 3, S, S]}``.
 
-        Skipped videos (``skip_errors``) are left out. With the default transform, frames of
-        ``chunk`` videos that share a size are preprocessed in one call (several times faster
-        than clip by clip, same values).
+        Skipped videos (``skip_errors``) are left out; so are undecodable ones with
+        ``keep_going`` (recorded in ``bad_videos``, not logged), so that a caller can name every
+        bad video at once. With the default transform, frames of ``chunk`` videos that share a
+        size are preprocessed in one call (several times faster than clip by clip, same values).
         """
         out: dict[int, torch.Tensor] = {}
         batched = type(self.transform) is ClipTransform
@@ -111,7 +115,12 @@ class FrameSource:
         for start in range(0, len(videos), chunk):
             groups: dict[tuple, list[tuple[int, np.ndarray]]] = {}
             for v in videos[start : start + chunk]:
-                raw = self.raw(v)
+                try:
+                    raw = self.raw(v)
+                except VideoDecodeError as e:
+                    if not keep_going:
+                        raise
+                    self.bad_videos[v], raw = str(e), None
                 if raw is not None:
                     groups.setdefault(raw[0].shape if batched else (v,), []).append((v, raw[0]))
             for items in groups.values():

@@ -11,6 +11,7 @@ missing file at once.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import pickle
@@ -120,6 +121,33 @@ def _need(path: Path, what: str) -> Path:
     return path
 
 
+def _text(path: Path) -> str:
+    """The file as text: UTF-8, a byte-order mark dropped (spreadsheet exports add one)."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); save it as "
+                         f"UTF-8, e.g. iconv -f latin1 -t utf-8 {path.name} > fixed.csv") from None
+
+
+def _json(path: Path) -> Any:
+    try:
+        return json.loads(_text(path))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg}); fix or "
+                         f"re-download the annotation file") from None
+
+
+def _csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
+    """Rows of a CSV file with a header naming at least ``columns``."""
+    reader = csv.DictReader(io.StringIO(_text(path), newline=""))
+    missing = [c for c in columns if c not in (reader.fieldnames or [])]
+    if missing:
+        raise ValueError(f"{path}: needs a header row with columns {', '.join(columns)}; "
+                         f"found {reader.fieldnames or 'an empty file'}")
+    return list(reader)
+
+
 def _split_file(split: str, files: dict[str, Any], kind: str) -> Any:
     if split not in files:
         raise ValueError(f"{kind} has no split {split!r}; available: {sorted(files)}")
@@ -138,13 +166,16 @@ def read_msrvtt(root: Path, split: str, video_root: Path) -> Split:
     """MSR-VTT, CLIP4Clip layout: train ids from a csv + all captions from ``MSRVTT_data.json``;
     test is ``MSRVTT_JSFUSION_test.csv`` (one caption per video). Videos ``<video_id>.mp4``."""
     path = _need(root / _split_file(split, MSRVTT_SPLITS, "msrvtt"), "msrvtt")
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = _csv(path, ("video_id", "sentence") if split == "test" else ("video_id",))
     if split == "test":
         items = ((r["video_id"], video_root / f"{r['video_id']}.mp4", r["sentence"]) for r in rows)
         return _build("msrvtt/test", items, video_root)
     ids = [r["video_id"] for r in rows]  # video order follows the split csv
-    data = json.loads(_need(root / "MSRVTT_data.json", "msrvtt").read_text())
+    data_path = _need(root / "MSRVTT_data.json", "msrvtt")
+    data = _json(data_path)
+    if not isinstance(data, dict) or not isinstance(data.get("sentences"), list):
+        raise ValueError(f"{data_path}: expected an object with a 'sentences' list of "
+                         f"{{video_id, caption}}; is it MSR-VTT's MSRVTT_data.json?")
     by_video: dict[str, list[str]] = {i: [] for i in ids}
     for s in data["sentences"]:
         if s["video_id"] in by_video:
@@ -161,15 +192,53 @@ def read_msrvtt(root: Path, split: str, video_root: Path) -> Split:
     return _build(f"msrvtt/{split}", items, video_root)
 
 
-def read_msvd(root: Path, split: str, video_root: Path) -> Split:
+class _PlainUnpickler(pickle.Unpickler):
+    """Unpickles plain data only: containers, strings, numbers. Any other class or function a
+    pickle names (the way a pickle runs code) is refused."""
+
+    ALLOWED = {("builtins", "set"), ("builtins", "frozenset"), ("collections", "OrderedDict")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused {module}.{name}")
+
+
+def read_caption_pickle(path: Path, trust_pickle: bool = False) -> dict:
+    """MSVD's ``raw-captions.pkl``: ``{video id: [[token, ...], ...]}``, plain data only.
+
+    Raises:
+        ValueError: the pickle names a class or function (it could run code; with
+            ``trust_pickle`` it loads unrestricted), is damaged, or has another layout.
+    """
+    try:
+        with path.open("rb") as f:
+            raw = pickle.load(f) if trust_pickle else _PlainUnpickler(f).load()
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"{path}: holds more than plain containers and strings ({err}); "
+                         f"unpickling it could run code hidden in it. If you trust the file, "
+                         f"pass --trust-pickle (trust_pickle=True)") from None
+    except (EOFError, ValueError, TypeError, IndexError, AttributeError) as err:
+        raise ValueError(f"{path}: not a readable pickle ({type(err).__name__}: {err}); "
+                         f"download it again") from None
+    ok = isinstance(raw, dict) and all(
+        isinstance(caps, (list, tuple)) and all(isinstance(c, (list, tuple)) for c in caps)
+        for caps in raw.values())
+    if not ok:
+        raise ValueError(f"{path}: expected {{video id: [[token, ...], ...]}} (MSVD "
+                         f"raw-captions.pkl as CLIP4Clip ships it), got {type(raw).__name__}")
+    return raw
+
+
+def read_msvd(root: Path, split: str, video_root: Path, trust_pickle: bool = False) -> Split:
     """MSVD: ``{split}_list.txt`` ids + ``raw-captions.pkl`` (id -> list of token lists);
-    videos ``<id>.avi``. Every caption is kept (about 40 per video)."""
-    ids = _need(root / f"{split}_list.txt", "msvd").read_text().split()
-    with _need(root / "raw-captions.pkl", "msvd").open("rb") as f:
-        raw = pickle.load(f)
+    videos ``<id>.avi``. Every caption is kept (about 40 per video). The pickle is read as
+    plain data (:func:`read_caption_pickle`)."""
+    ids = _text(_need(root / f"{split}_list.txt", "msvd")).split()
+    raw = read_caption_pickle(_need(root / "raw-captions.pkl", "msvd"), trust_pickle)
     missing = [i for i in ids if i not in raw]
     if missing:
-        raise KeyError(
+        raise ValueError(
             f"msvd/{split}: {len(missing)} ids have no captions in raw-captions.pkl, "
             f"e.g. {missing[:3]}; is the pickle from the same MSVD release?"
         )
@@ -180,7 +249,7 @@ def read_msvd(root: Path, split: str, video_root: Path) -> Split:
 def read_didemo(root: Path, split: str, video_root: Path) -> Split:
     """DiDeMo, CLIP4Clip layout: ``{split}_data.json`` list of ``{video, description, times}``.
     Paragraph retrieval: a video's descriptions joined in file order."""
-    data = json.loads(_need(root / f"{split}_data.json", "didemo").read_text())
+    data = _json(_need(root / f"{split}_data.json", "didemo"))
     paras: dict[str, list[str]] = {}
     for item in data:
         paras.setdefault(item["video"], []).append(item["description"].strip())
@@ -202,8 +271,8 @@ def read_activitynet(root: Path, split: str, video_root: Path) -> Split:
     paragraph = sentences joined. ``test`` is an alias of ``val`` (val_1), as in the papers.
     Videos ``v_<id>.mp4`` or ``.mkv``."""
     ann_name, ids_name = _split_file(split, ANET_SPLITS, "activitynet")
-    ann = json.loads(_need(root / ann_name, "activitynet").read_text())
-    ids = json.loads(_need(root / ids_name, "activitynet").read_text())
+    ann = _json(_need(root / ann_name, "activitynet"))
+    ids = _json(_need(root / ids_name, "activitynet"))
     kept = [i for i in ids if i in ann]
     if len(kept) < len(ids):
         logger.warning(
@@ -234,7 +303,7 @@ def read_lsmdc(root: Path, split: str, video_root: Path) -> Split:
     path = _need(root / _split_file(split, LSMDC_SPLITS, "lsmdc"), "lsmdc")
 
     def rows() -> Iterable[tuple[str, Path, str]]:
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for n, line in enumerate(_text(path).splitlines(), 1):
             if not line.strip():
                 continue
             fields = line.split("\t")
@@ -258,17 +327,27 @@ def read_table(root: Path, split: str, video_root: Path | None) -> Split:
         path = next((c for c in cands if c.is_file()), cands[0])
     _need(path, "table")
     base = video_root or path.parent
-    if path.suffix == ".jsonl":
-        recs = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    else:
-        with path.open(newline="") as f:
-            recs = list(csv.DictReader(f))
+    recs = _jsonl(path) if path.suffix == ".jsonl" else _csv(path, ("video", "caption"))
     for n, r in enumerate(recs, 1):
-        if "video" not in r or "caption" not in r:
-            raise KeyError(f"{path} record {n}: needs 'video' and 'caption', has {sorted(r)}")
+        if not isinstance(r, dict) or "video" not in r or "caption" not in r:
+            raise ValueError(f"{path} record {n}: needs 'video' and 'caption', has "
+                             f"{sorted(r) if isinstance(r, dict) else r!r}")
     return _build(
         f"{path.stem}", ((r["video"], base / r["video"], r["caption"]) for r in recs), base
     )
+
+
+def _jsonl(path: Path) -> list[Any]:
+    recs = []
+    for n, line in enumerate(_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            recs.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{n}: not a JSON record ({err.msg}); one JSON object "
+                             f"per line, e.g. {{\"video\": \"a.mp4\", \"caption\": \"...\"}}") from None
+    return recs
 
 
 READERS: dict[str, Callable[..., Split]] = {
@@ -283,7 +362,12 @@ READERS: dict[str, Callable[..., Split]] = {
 
 
 def load_split(
-    kind: str, root: str | Path, split: str = "test", video_root: str | Path | None = None
+    kind: str,
+    root: str | Path,
+    split: str = "test",
+    video_root: str | Path | None = None,
+    *,
+    trust_pickle: bool = False,
 ) -> Split:
     """Reads one split of a dataset.
 
@@ -293,13 +377,32 @@ def load_split(
         split: ``train``, ``val`` or ``test`` (msrvtt also ``train7k``/``train9k``).
         video_root: Directory of the video files; default ``root/videos`` (csv/jsonl: relative
             to the annotation file).
+        trust_pickle: read MSVD's caption pickle unrestricted (see :func:`read_caption_pickle`).
 
     Returns:
         The :class:`Split`.
+
+    Raises:
+        FileNotFoundError: an annotation file is missing.
+        ValueError: an unknown kind or split, an annotation file that is not UTF-8, not valid
+            JSON/CSV or not in the dataset's layout, or a split that lists no video.
     """
     if kind not in READERS:
         raise ValueError(f"unknown dataset kind {kind!r}; available: {sorted(READERS)}")
     root = Path(root)
-    if kind in ("csv", "jsonl"):
-        return read_table(root, split, Path(video_root) if video_root else None)
-    return READERS[kind](root, split, Path(video_root) if video_root else root / "videos")
+    try:
+        if kind in ("csv", "jsonl"):
+            out = read_table(root, split, Path(video_root) if video_root else None)
+        elif kind == "msvd":
+            out = read_msvd(root, split, Path(video_root) if video_root else root / "videos",
+                            trust_pickle)
+        else:
+            out = READERS[kind](root, split, Path(video_root) if video_root else root / "videos")
+    except (KeyError, TypeError, AttributeError) as err:  # a record without a field it needs
+        raise ValueError(f"{kind} annotations under {root} ({split}) are not in the layout "
+                         f"{READERS[kind].__name__} reads ({type(err).__name__}: {err}); see "
+                         f"its docstring, or check that --data names the right dataset") from None
+    if not out.videos:
+        raise ValueError(f"{out.name}: the annotation files under {root} list no video for "
+                         f"split {split!r}; check the file (header only?) and the split name")
+    return out

@@ -38,6 +38,7 @@ def load_model(
     model_name: str | None = None,
     quick_gelu: bool | None = None,
     max_words: int | None = None,
+    trust_pickle: bool = False,
 ) -> RetrievalModel:
     """A :class:`RetrievalModel` from a checkpoint file, optionally with another reducer.
 
@@ -58,10 +59,13 @@ def load_model(
         quick_gelu: override the activation (default: the checkpoint's meta; QuickGELU for
             CLIP files, which are all OpenAI-family).
         max_words: caption length (default: the checkpoint's; 32 as CLIP4Clip for CLIP files).
+        trust_pickle: load a file holding arbitrary Python objects unrestricted (it can run
+            code; see :func:`tokred.backbones.weights.read_checkpoint`).
 
     Raises:
-        ValueError: a CLIP file whose architecture is neither given nor inferable, or
-            ``model_name`` contradicting a tokred checkpoint's meta.
+        ValueError: a file that cannot be read safely or at all, a CLIP file whose
+            architecture is neither given nor inferable, or ``model_name`` contradicting a
+            tokred checkpoint's meta.
     """
     from tokred.backbones.weights import (
         extract_clip_state_dict,
@@ -72,7 +76,7 @@ def load_model(
         weights_activation,
     )
 
-    ck = read_checkpoint(path)
+    ck = read_checkpoint(path, trust_pickle=trust_pickle)
     meta = ck.get("meta") if isinstance(ck, dict) else None
     if not meta:
         sd = extract_clip_state_dict(ck)
@@ -181,6 +185,7 @@ def evaluate(
         ``num_captions``, ``num_videos``, ``eval_s``, and with ``synth_meta`` ``per_type`` and
         ``twin_accuracy``.
     """
+    check_split(split, synth_meta, videos)
     if not isinstance(model, torch.nn.Module):
         model = load_model(model, reducer, reducer_options, frames)
     if videos is None:
@@ -199,6 +204,26 @@ def evaluate(
     if out is not None:
         _write(Path(out), sim, split, res)
     return res
+
+
+def check_split(split, synth_meta=None, videos: torch.Tensor | None = None) -> None:
+    """Refuse, before any video is encoded, an evaluation that could only fail at the end.
+
+    Raises:
+        ValueError: an empty split, pre-decoded ``videos`` of another length, or ``synth_meta``
+            of another caption list (it describes the synthetic test split only).
+    """
+    if not split.videos or not split.captions:
+        raise ValueError(f"{split.name}: nothing to evaluate ({len(split.videos)} videos, "
+                         f"{len(split.captions)} captions)")
+    if videos is not None and len(videos) != len(split.videos):
+        raise ValueError(f"{len(videos)} pre-decoded videos for the {len(split.videos)} of "
+                         f"{split.name}; decode them from this split (load_videos)")
+    if synth_meta is not None and len(synth_meta.types) != len(split.captions):
+        raise ValueError(f"the synthetic benchmark's annotations describe {len(synth_meta.types)} "
+                         f"test captions, {split.name} has {len(split.captions)}: per-type "
+                         f"metrics apply to its test split only; evaluate split 'test' or pass "
+                         f"no synth_meta")
 
 
 def _metrics(sim: torch.Tensor, caption_video: np.ndarray, synth_meta) -> dict:

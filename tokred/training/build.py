@@ -3,6 +3,8 @@ from ``init``, with the recipe's trainable parameters."""
 
 from __future__ import annotations
 
+import os
+
 from tokred.retrieval import RetrievalModel, build_model
 from tokred.training.config import TrainConfig
 from tokred.training.optim import configure_trainable
@@ -17,12 +19,18 @@ def build_for_training(
     its ``last.pt`` was trained with); by default :func:`training_activation` decides.
     """
     activation = activation or training_activation(cfg)
+    # a trusted legacy pickle is read here, unrestricted; the factory reads files safely only
+    trusted = cfg.trust_pickle and cfg.pretrained is not None and os.path.isfile(cfg.pretrained)
     model = build_model(
-        cfg.model, cfg.reducer, cfg.reducer_options, cfg.frames, cfg.pretrained, cfg.max_words,
-        quick_gelu=activation == "quick_gelu",
+        cfg.model, cfg.reducer, cfg.reducer_options, cfg.frames,
+        None if trusted else cfg.pretrained, cfg.max_words, quick_gelu=activation == "quick_gelu",
     )
+    if trusted:
+        from tokred.backbones.weights import load_clip_weights
+
+        load_clip_weights(model.clip, cfg.pretrained, trust_pickle=True)
     if cfg.init:
-        load_init(model, cfg.init, cfg.reducer)
+        load_init(model, cfg.init, cfg.reducer, cfg.trust_pickle)
     if cfg.train_frames not in (None, cfg.frames) and any(True for _ in model.reducer.parameters()):
         raise ValueError(
             f"reducer {cfg.reducer!r} has parameters shaped for frames={cfg.frames}; "
@@ -42,18 +50,20 @@ def training_activation(cfg: TrainConfig) -> str:
     ``cfg.init`` (an OpenAI / CLIP4Clip file means QuickGELU, a tokred checkpoint its meta's)."""
     from tokred.backbones.weights import activation_for
 
-    return activation_for(cfg.model, cfg.pretrained, cfg.init, quick_gelu=cfg.quick_gelu)
+    return activation_for(cfg.model, cfg.pretrained, cfg.init, quick_gelu=cfg.quick_gelu,
+                          trust_pickle=cfg.trust_pickle)
 
 
-def load_init(model: RetrievalModel, path: str, reducer: str) -> None:
-    """CLIP weights from ``path`` (any layout ``load_clip_weights`` reads) + matching reducer state."""
+def load_init(model: RetrievalModel, path: str, reducer: str, trust_pickle: bool = False) -> None:
+    """CLIP weights from ``path`` (any layout ``load_clip_weights`` reads) + matching reducer
+    state. ``trust_pickle``: see :func:`tokred.backbones.weights.read_checkpoint`."""
     from tokred.backbones.weights import (
         extract_clip_state_dict,
         load_clip_state_dict,
         read_checkpoint,
     )
 
-    obj = read_checkpoint(path)
+    obj = read_checkpoint(path, trust_pickle=trust_pickle)
     if not (isinstance(obj, dict) and "meta" in obj):  # not a tokred model.pt
         load_clip_state_dict(model.clip, extract_clip_state_dict(obj), path)
         return

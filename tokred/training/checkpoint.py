@@ -2,41 +2,56 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from tokred.retrieval import (
-    RetrievalModel,
-)
+from tokred.retrieval import RetrievalModel
 from tokred.training.build import training_activation
-from tokred.training.config import TrainConfig
+from tokred.training.config import RESUME_FREE, TrainConfig
 
 log = logging.getLogger(__name__)
 
 
 def save_checkpoint(state: dict, path: Path) -> Path:
-    """Write atomically: a temporary file in the same directory, then ``os.replace``."""
+    """Write atomically: a temporary file in the same directory, fsynced, then ``os.replace``."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
-def load_checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+def load_checkpoint(path: Path, trust_pickle: bool = False) -> dict:
+    """A tokred checkpoint (``last.pt`` / ``model.pt``), loaded with ``weights_only=True``.
+
+    tokred stores only tensors and plain Python values (see :func:`rng_state`), so its own
+    files never need ``trust_pickle``; files from older versions (numpy RNG state) do.
+    """
+    from tokred.backbones.weights import read_checkpoint
+
+    return read_checkpoint(path, trust_pickle=trust_pickle)
 
 
 def rng_state() -> dict:
-    """Python, numpy, torch (and CUDA) generator states."""
+    """Python, numpy, torch (and CUDA) generator states as tensors and plain values, so that a
+    checkpoint holding them loads with ``weights_only=True``."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": random.getstate(),  # (version, tuple of ints, None): plain values
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -45,22 +60,83 @@ def rng_state() -> dict:
 
 
 def restore_rng(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Inverse of :func:`rng_state` (also reads the numpy tuple older checkpoints stored)."""
+    random.setstate(tuple(state["python"]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    keys = keys.numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
+    np.random.set_state((kind, keys.astype(np.uint32), int(pos), int(has_gauss), float(gauss)))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def last_state(cfg: TrainConfig, out: Path) -> dict | None:
-    """``last.pt`` of the run in ``out`` when resuming (None: not resuming, or none yet)."""
+    """``last.pt`` of the run in ``out`` when resuming (None: not resuming, or none yet).
+
+    Raises:
+        ValueError: ``last.pt`` was written with other settings (:func:`check_resume`).
+    """
     last = out / "last.pt"
     if not cfg.resume:
         return None
     if not last.is_file():
         log.warning("--resume: no %s yet; starting from step 0", last)
         return None
-    return load_checkpoint(last)
+    ck = load_checkpoint(last, cfg.trust_pickle)
+    check_resume(cfg, ck.get("config") or {}, last)
+    return ck
+
+
+def check_resume(cfg: TrainConfig, saved: dict, last: Path) -> None:
+    """Refuse to resume ``last`` with settings other than those it was trained with.
+
+    Fields in :data:`~tokred.training.config.RESUME_FREE` (threads, device, time limit, ...)
+    may change; paths compare by the file they name. A ``saved`` config without a field
+    (an older tokred) counts as its default.
+
+    Raises:
+        ValueError: naming every differing field with both values.
+    """
+    want, defaults = asdict(cfg), asdict(TrainConfig())
+    diff = [f"{k}={_norm(k, saved.get(k, defaults[k]))!r} -> {_norm(k, v)!r}"
+            for k, v in want.items()
+            if k not in RESUME_FREE and _norm(k, saved.get(k, defaults[k])) != _norm(k, v)]
+    if diff:
+        raise ValueError(
+            f"--resume: {last} was trained with other settings ({'; '.join(diff)}). Resume "
+            f"with the settings it was written with, or start a fresh run: another --out, or "
+            f"drop --resume to overwrite it"
+        )
+
+
+PATH_FIELDS = ("root", "video_root", "init", "pretrained", "bad_videos")
+
+
+def _norm(key: str, value):
+    """A config value as compared on resume: lists as tuples, paths resolved."""
+    if isinstance(value, list):
+        return tuple(value)
+    if key in PATH_FIELDS and isinstance(value, str) and os.path.exists(value):
+        return os.path.realpath(value)
+    return value
+
+
+def open_train_log(path: Path, step: int):
+    """``train_log.jsonl`` for appending from ``step`` on: a fresh run starts an empty log, a
+    resumed one keeps the lines up to the step it resumes at (a killed run may have logged
+    steps after its last save, which are trained again now)."""
+    kept = []
+    if step and path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line + "\n")
+            except (ValueError, KeyError, TypeError):
+                continue  # a line torn by a kill
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
+    return path.open("a", buffering=1)
 
 
 def resume_activation(cfg: TrainConfig, ck: dict | None, out: Path) -> str | None:

@@ -20,6 +20,8 @@ import contextlib
 import json
 import logging
 import math
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,10 +32,11 @@ from torch import nn
 from tokred.retrieval import RetrievalModel, contrastive_loss
 from tokred.training import distributed as D
 from tokred.training.build import build_for_training
-from tokred.training.cache import ClipCache, make_dataset
+from tokred.training.cache import FIX, make_dataset
 from tokred.training.checkpoint import (
     checkpoint_meta,
     last_state,
+    open_train_log,
     restore_rng,
     resume_activation,
     rng_state,
@@ -113,10 +116,20 @@ def _clamp_logit_scale(model: nn.Module) -> None:
 def train(cfg: TrainConfig, split=None, clips: torch.Tensor | None = None) -> dict:
     """Train per ``cfg``; returns ``{"checkpoint", "last", "steps", "loss", "wall_s", ...}``.
 
+    Every video the run will use is decoded before the first step when the clips are cached
+    (a bad one stops the run there, or is left out with ``skip_errors``); uncached batches are
+    decoded before their step. A run stopped by Ctrl-C (after the current step) or by a video
+    that cannot be decoded saves ``last.pt`` first, then raises.
+
     Args:
         cfg: the run configuration.
         split: an already loaded training :class:`~tokred.data.Split` (skips reading ``cfg.root``).
         clips: pre-decoded frames of ``split`` (see :func:`make_dataset`).
+
+    Raises:
+        ValueError: ``cfg.resume`` with a ``last.pt`` written with other settings.
+        VideoDecodeError: a video the run needs cannot be decoded (without ``skip_errors``).
+        KeyboardInterrupt: interrupted (``last.pt`` holds the last finished step).
     """
     info = D.init_distributed(cfg.device)
     if cfg.threads:
@@ -127,9 +140,8 @@ def train(cfg: TrainConfig, split=None, clips: torch.Tensor | None = None) -> di
     last = last_state(cfg, out)  # read first: a resumed run keeps the activation it trained with
     model = build_for_training(cfg, info.device, resume_activation(cfg, last, out))
     ds = make_dataset(cfg, model.video.backbone.spec.image_size, split, clips)
-    if isinstance(ds, ClipCache) and (cfg.skip_errors or cfg.max_steps is None
-                                  or cfg.max_steps * cfg.batch_size >= len(ds)):
-        ds.preload()  # before the clock starts: a time limit is spent on steps
+    if cfg.skip_errors:
+        ds.preload()  # every clip first, so the bad ones are left out of every epoch alike
     local = _local_batch(cfg, info, len(ds))
     steps_per_epoch = len(ds) // (local * info.world) // cfg.grad_accum
     total = cfg.max_steps or max(1, int(cfg.epochs * steps_per_epoch))
@@ -139,12 +151,29 @@ def train(cfg: TrainConfig, split=None, clips: torch.Tensor | None = None) -> di
     run = _Run(cfg, info, model, model, optimizer, scheduler, scaler, out)
     step = _maybe_resume(run, last)  # before DDP wraps the model: DDP broadcasts rank 0's weights
     del last  # copied into model and optimizer; not held for the whole run
+    # before the clock starts (a time limit is spent on steps) and before step 1 (a bad video
+    # stops the run with nothing trained)
+    ds.preload(videos_used(len(ds), local, info, cfg, step, total, steps_per_epoch))
     run.ddp = _wrap(model, info)
     stats = _loop(run, ds, local, steps_per_epoch, total, step)
     if info.is_main:
         stats["checkpoint"] = str(save_final(model, cfg, out, stats))
     D.barrier()
     return stats
+
+
+def videos_used(n: int, local: int, info: D.DistInfo, cfg: TrainConfig, step: int, total: int,
+                steps_per_epoch: int) -> set[int]:
+    """Dataset positions this rank's batches touch from ``step`` to ``total``."""
+    used: set[int] = set()
+    while step < total and len(used) < n:
+        epoch, offset = divmod(step, steps_per_epoch)
+        batches = epoch_batches(n, local, info, cfg.seed, epoch)[offset * cfg.grad_accum :]
+        steps = min(len(batches) // cfg.grad_accum, total - step)
+        for batch in batches[: steps * cfg.grad_accum]:
+            used.update(batch)
+        step += steps
+    return used
 
 
 def _local_batch(cfg: TrainConfig, info: D.DistInfo, n: int) -> int:
@@ -175,6 +204,7 @@ class _Run:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler | None
     out: Path
+    loss: float = math.nan  # of the last step done; resumed from last.pt
 
 
 def _maybe_resume(run: _Run, ck: dict | None) -> int:
@@ -189,68 +219,122 @@ def _maybe_resume(run: _Run, ck: dict | None) -> int:
     if scaler and ck.get("scaler"):
         scaler.load_state_dict(ck["scaler"])
     restore_rng(ck["rng"])
+    run.loss = float(ck.get("loss", math.nan))
     log.info("resumed %s at step %d", last, ck["step"])
     return int(ck["step"])
 
 
 def _loop(run: _Run, ds, local: int, steps_per_epoch: int, total: int, step: int) -> dict:
-    from tokred.data import collate
+    from tokred.data import VideoDecodeError, collate
 
     cfg, info, model, scheduler, out = run.cfg, run.info, run.model, run.scheduler, run.out
-
-    t0, losses, stopped = time.perf_counter(), [], None
+    t0, losses, stopped, first = time.perf_counter(), [], None, step
+    replaced: set[int] = set()
     bar = _progress(info, total, step)
-    log_file = (out / "train_log.jsonl").open("a", buffering=1) if info.is_main else None
-    while step < total and stopped is None:
-        epoch, offset = divmod(step, steps_per_epoch)
-        ds.set_epoch(epoch)
-        batches = epoch_batches(len(ds), local, info, cfg.seed, epoch)[offset * cfg.grad_accum :]
-        loader = torch.utils.data.DataLoader(
-            ds, batch_sampler=batches, collate_fn=collate, num_workers=cfg.num_workers
-        )
-        it = iter(loader)
-        for _ in range(len(batches) // cfg.grad_accum):
-            micro = [next(it) for _ in range(cfg.grad_accum)]
-            loss = train_step(run.ddp, micro, run.optimizer, run.scaler, cfg, info, model.tokenizer)
-            scheduler.step()
-            step += 1
-            losses.append(loss)
-            if bar:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-            if log_file:
-                log_file.write(
-                    json.dumps(
-                        {
-                            "step": step,
-                            "epoch": epoch,
-                            "loss": loss,
-                            "lr": scheduler.get_last_lr()[0],
-                        }
-                    )
-                    + "\n"
+    log_file = open_train_log(out / "train_log.jsonl", step) if info.is_main else None
+    with _graceful_interrupt() as interrupt:
+        try:
+            while step < total and stopped is None:
+                epoch, offset = divmod(step, steps_per_epoch)
+                ds.set_epoch(epoch)
+                batches = epoch_batches(len(ds), local, info, cfg.seed, epoch)
+                batches = batches[offset * cfg.grad_accum :]
+                loader = torch.utils.data.DataLoader(
+                    ds, batch_sampler=batches, collate_fn=collate, num_workers=cfg.num_workers
                 )
-            stopped = _should_stop(cfg, step, total) or _time_up(cfg, t0, step, total)
-            if stopped or (cfg.save_every and step % cfg.save_every == 0) or step == total:
-                _save_last(run, step)
-            if stopped or step >= total:
-                break
-    if bar:
-        bar.close()
-    if log_file:
-        log_file.close()
-    wall = time.perf_counter() - t0
+                it = iter(loader)
+                for _ in range(len(batches) // cfg.grad_accum):
+                    micro = [next(it) for _ in range(cfg.grad_accum)]  # decoded before the step
+                    replaced.update(v for b in micro for r in b["replaced"] for v in r)
+                    loss = train_step(run.ddp, micro, run.optimizer, run.scaler, cfg, info,
+                                      model.tokenizer)
+                    scheduler.step()
+                    step += 1
+                    losses.append(loss)
+                    run.loss = loss
+                    _report(bar, log_file, step, epoch, loss, scheduler.get_last_lr()[0])
+                    stopped = (_should_stop(cfg, step, total) or _time_up(cfg, t0, step, total)
+                               or _interrupted(interrupt))
+                    if stopped or (cfg.save_every and step % cfg.save_every == 0) or step == total:
+                        _save_last(run, step)
+                    if stopped or step >= total:
+                        break
+        except VideoDecodeError as err:  # raised while fetching: the last step is complete
+            raise _stopped_by_video(err, run, step, first) from None
+        finally:
+            if bar:
+                bar.close()
+            if log_file:
+                log_file.close()
+    if stopped == "interrupted":
+        log.warning("interrupted at step %d of %d; %s saved, --resume continues", step, total,
+                    out / "last.pt")
+        raise KeyboardInterrupt
+    skipped = ds.skipped + [ds.base.split.videos[v].id for v in sorted(replaced)]
+    if skipped:
+        log.warning("skip_errors: %d undecodable videos skipped: %s", len(skipped),
+                    ", ".join(skipped[:20]))
     return {
         "last": str(out / "last.pt"),
         "steps": step,
         "total_steps": total,
-        "loss": losses[-1] if losses else float("nan"),
+        "loss": run.loss,  # a resumed run with no step left: the loss it ended with
         "losses": losses,
-        "wall_s": wall,
+        "wall_s": time.perf_counter() - t0,
         "stopped": stopped,
+        "skipped_videos": len(skipped),
+        "skipped_ids": skipped,
         "world_size": info.world,
         "config": asdict(cfg),
     }
+
+
+def _stopped_by_video(err: Exception, run: _Run, step: int, first: int) -> Exception:
+    """The error of a batch that could not be decoded, after saving the steps done so far."""
+    from tokred.data import VideoDecodeError
+
+    saved = ""
+    if step > first:
+        _save_last(run, step)
+        saved = f"; {run.out / 'last.pt'} holds step {step} (--resume continues)"
+    return VideoDecodeError(f"{err}\nTraining stopped before step {step + 1}{saved}. To train "
+                            f"on: {FIX}")
+
+
+def _report(bar, log_file, step: int, epoch: int, loss: float, lr: float) -> None:
+    """One step on the progress bar and in ``train_log.jsonl``."""
+    if bar:
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
+    if log_file:
+        log_file.write(json.dumps({"step": step, "epoch": epoch, "loss": loss, "lr": lr}) + "\n")
+
+
+@contextlib.contextmanager
+def _graceful_interrupt():
+    """While training: the first Ctrl-C asks to stop after the current step (and save); a
+    second one interrupts at once. Yields a one-element list, true once interrupted."""
+    flag = [False]
+    if threading.current_thread() is not threading.main_thread():
+        yield flag  # signal handlers can only be set in the main thread
+        return
+
+    def handler(signum, frame) -> None:
+        flag[0] = True
+        signal.signal(signal.SIGINT, previous)
+        log.warning("Ctrl-C: stopping after this step and saving last.pt (Ctrl-C again to "
+                    "stop at once, without saving)")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interrupted(flag: list) -> str | None:
+    # every rank stops at the same step (each received the signal at its own moment)
+    return "interrupted" if D.broadcast_scalar(float(flag[0])) else None
 
 
 def _should_stop(cfg, step: int, total: int) -> str | None:
@@ -288,6 +372,7 @@ def _save_last(run: _Run, step: int) -> None:
         scheduler=run.scheduler.state_dict(),
         scaler=run.scaler.state_dict() if run.scaler else None,
         step=step,
+        loss=run.loss,
         rng=rng_state(),
         meta=checkpoint_meta(run.cfg, run.model),
         config=asdict(run.cfg),
