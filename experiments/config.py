@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tokred.cli.args import NONNEG_INT, POSITIVE_INT, Rule
+
 from .schema import (
     COST_KEYS,
     DATA_KEYS,
@@ -92,6 +94,29 @@ def reducer_entries(loc: Located, where: tuple) -> list[tuple[str, dict, str, di
     return points
 
 
+def _number(loc: Located, where: tuple, value: Any, rule: Rule) -> int | float:
+    """``value`` checked by ``rule`` (:mod:`tokred.cli.args`, as the CLI and TrainConfig check
+    theirs), or a :class:`ConfigError` naming its line."""
+    try:
+        return rule.check(value, str(where[-1]) if where else "value")
+    except ValueError as err:
+        raise ConfigError(f"{loc.where(*where)}: {err}") from None
+
+
+def _seed(loc: Located) -> int:
+    return _number(loc, ("seed",), loc.data.get("seed", 0), NONNEG_INT)
+
+
+def _seeded_data(data: dict, seed: int) -> dict:
+    """The quality ``data`` section with the top-level ``seed`` in the synthetic benchmark's
+    options unless they set their own. Seed 0 is the generator's default and is not written,
+    so configs from before this rule keep their trial ids and cached data."""
+    synth = data.get("synth") or {}
+    if not seed or data.get("kind", "synth") != "synth" or "seed" in synth:
+        return data
+    return {**data, "synth": {**synth, "seed": seed}}
+
+
 def _get(loc: Located, where: tuple) -> Any:
     node = loc.data
     for k in where:
@@ -109,6 +134,29 @@ def _section(loc: Located, name: str, allowed: dict) -> dict | None:
     return sec
 
 
+def _cost_base(loc: Located, at: tuple, run: dict, merged: dict) -> dict:
+    """The settings of cost run ``run`` (at ``at``) with the section's defaults ``merged``
+    in, every number checked (its line: the run's key, else the section's)."""
+
+    def where(key: str) -> tuple:
+        return at + (key,) if key in run else ("cost", key)
+
+    sizes = merged.get("batch_sizes", [1])
+    if not isinstance(sizes, list) or not sizes:
+        raise ConfigError(f"{loc.where(*where('batch_sizes'))}: batch_sizes must be a non-empty "
+                          f"list of positive integers, e.g. [1, 4]; got {sizes!r}")
+    return {
+        "backbone": run["backbone"],
+        "weights": merged.get("weights", "random"),
+        "frames": _number(loc, where("frames"), merged.get("frames", 12), POSITIVE_INT),
+        "batch_sizes": [_number(loc, where("batch_sizes"), b, POSITIVE_INT) for b in sizes],
+        "repeats": _number(loc, where("repeats"), merged.get("repeats", 3), POSITIVE_INT),
+        "warmup": _number(loc, where("warmup"), merged.get("warmup", 1), NONNEG_INT),
+        "memory": bool(merged.get("memory", True)),
+        "fvcore": bool(merged.get("fvcore", True)),
+    }
+
+
 def _cost_trials(loc: Located) -> list[Trial]:
     sec = _section(loc, "cost", COST_KEYS)
     if sec is None:
@@ -121,16 +169,7 @@ def _cost_trials(loc: Located) -> list[Trial]:
         if "backbone" not in run:
             raise ConfigError(f"{loc.where(*at)}: a cost run needs 'backbone' (e.g. ViT-B-32)")
         merged = {**{k: v for k, v in defaults.items() if k in RUN_KEYS}, **run}
-        base = {
-            "backbone": run["backbone"],
-            "weights": merged.get("weights", "random"),
-            "frames": int(merged.get("frames", 12)),
-            "batch_sizes": list(merged.get("batch_sizes", [1])),
-            "repeats": int(merged.get("repeats", 3)),
-            "warmup": int(merged.get("warmup", 1)),
-            "memory": bool(merged.get("memory", True)),
-            "fvcore": bool(merged.get("fvcore", True)),
-        }
+        base = _cost_base(loc, at, run, merged)
         if "clock" in merged:  # only when set, so existing trial ids do not change
             base["clock"] = str(merged["clock"])
         where = at + ("reducers",) if "reducers" in run else ("cost", "reducers")
@@ -163,7 +202,8 @@ def _quality_trials(loc: Located, preflight: bool = True) -> list[Trial]:
                         f"'quality.{part}' recipe", ConfigError)
     check_data_paths(loc, sec, ConfigError, files=preflight)
     modes = _modes(loc, ("quality", "modes"), sec.get("modes", list(MODES)))
-    model, frames = sec.get("model", "scale-B32"), int(sec.get("frames", 12))
+    model = sec.get("model", "scale-B32")
+    frames = _number(loc, ("quality", "frames"), sec.get("frames", 12), POSITIVE_INT)
     if not sec.get("weights"):
         check_recipe(sec.get("base") or {}, "none", {}, model, frames,
                      loc.where("quality", "base") if "base" in sec else loc.where("quality"),
@@ -171,10 +211,11 @@ def _quality_trials(loc: Located, preflight: bool = True) -> list[Trial]:
         if preflight:
             check_precision(sec.get("base") or {}, _recipe_line(loc, ("quality", "base"), ()),
                             ConfigError)
+    seed = _seed(loc)
     common = {
         "model": model, "weights": sec.get("weights"), "frames": frames,
-        "data": data, "base": sec.get("base") or {}, "split": sec.get("split", "test"),
-        "seed": int(loc.data.get("seed", 0)),
+        "data": _seeded_data(data, seed), "base": sec.get("base") or {},
+        "split": sec.get("split", "test"), "seed": seed,
     }
     trials = []
     for name, options, line, entry in reducer_entries(loc, ("quality", "reducers")):
@@ -216,7 +257,8 @@ def _provenance_trials(loc: Located, cost_only: bool) -> list[Trial]:
     sec = _section(loc, "provenance", PROVENANCE_KEYS)
     if sec is None or (cost_only and sec.get("weights") == "base"):
         return []
-    model, frames = sec.get("model", "scale-B32"), int(sec.get("frames", 12))
+    model = sec.get("model", "scale-B32")
+    frames = _number(loc, ("provenance", "frames"), sec.get("frames", 12), POSITIVE_INT)
     weights = sec.get("weights", "random")
     if weights not in ("random", "base"):
         raise ConfigError(f"{loc.where('provenance', 'weights')}: weights must be 'random' or "
@@ -230,15 +272,17 @@ def _provenance_trials(loc: Located, cost_only: bool) -> list[Trial]:
         settings = {"model": model, "frames": frames, "weights": weights,
                     "reducer": name, "options": options}
         if weights == "base":
-            settings["base_of"] = _quality_base_key(loc.data["quality"], model, frames)
+            settings["base_of"] = _quality_base_key(loc.data["quality"], model, frames,
+                                                    _seed(loc))
         trials.append(make_trial("provenance", settings))
     return trials
 
 
-def _quality_base_key(q: dict, model: str, frames: int) -> dict:
-    """What the quality section's base model depends on (its cache key)."""
+def _quality_base_key(q: dict, model: str, frames: int, seed: int) -> dict:
+    """What the quality section's base model depends on (its cache key, as
+    ``quality.quality_trial`` builds it from a trial's settings)."""
     return {"model": model, "weights": q.get("weights"), "frames": frames,
-            "data": q.get("data") or {}, "base": q.get("base") or {}}
+            "data": _seeded_data(q.get("data") or {}, seed), "base": q.get("base") or {}}
 
 
 def load_config(path: str | Path, cost_only: bool = False, preflight: bool = True) -> SweepConfig:
@@ -255,6 +299,7 @@ def load_config(path: str | Path, cost_only: bool = False, preflight: bool = Tru
         raise ConfigError(f"{path}: the top level must be a mapping with cost:/quality: sections")
     loc.data = expand_env(loc.data)
     _check_keys(loc, (), loc.data, TOP_KEYS, "top level", ConfigError)
+    _seed(loc)
     trials = _cost_trials(loc)
     if not cost_only:
         trials += _quality_trials(loc, preflight)

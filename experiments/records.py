@@ -3,7 +3,9 @@
 Each record is one complete JSON line written with a single ``write`` under an exclusive
 ``flock``, then flushed and fsynced. A kill can at worst leave a torn last line (no trailing
 newline); readers ignore it, and writers cut it off before appending, so it is never merged
-with the next record.
+with the next record. A results file is only ever replaced whole (``merge`` into an existing
+file): the new content goes to a temporary file, fsynced, then renamed over it, under the same
+lock, so a kill leaves the old file or the new one, never a part.
 """
 
 from __future__ import annotations
@@ -46,17 +48,68 @@ def _cut_torn_tail(fd: int) -> None:
         os.ftruncate(fd, cut)
 
 
+def _locked(path: Path) -> int:
+    """An fd of ``path`` (created if needed) under an exclusive ``flock``.
+
+    The lock is taken on the file the path names once it is held: a merge may have renamed
+    a new file over the path while this process waited on the old one.
+    """
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.fsync(fd)
+
+
 def append_record(path: str | Path, record: dict) -> None:
     """Append ``record`` as one JSON line, atomically with respect to kills and other writers."""
     line = (json.dumps(record, sort_keys=True, default=str) + "\n").encode()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = _locked(Path(path))
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         _cut_torn_tail(fd)
-        view = memoryview(line)
-        while view:
-            view = view[os.write(fd, view):]
+        _write_all(fd, line)
+    finally:
+        os.close(fd)
+
+
+def replace_records(path: str | Path, records: Iterable[dict], held: int | None = None) -> None:
+    """Make ``path`` hold exactly ``records``: a temporary file in the same directory, fsynced,
+    renamed over ``path`` (the directory fsynced too). ``held``: an fd of ``path`` whose lock
+    the caller holds (taken here otherwise)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in records).encode()
+    fd = _locked(path) if held is None else held
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            _write_all(out, data)
+        finally:
+            os.close(out)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+        if held is None:
+            os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -80,16 +133,60 @@ def read_records(path: str | Path) -> list[dict]:
         except json.JSONDecodeError:
             log.warning("%s:%d: ignoring a corrupt record", p, i + 1)
             continue
-        if isinstance(rec, dict) and "id" in rec:
-            out.append(rec)
+        problem = record_problem(rec)
+        if problem:
+            log.warning("%s:%d: ignoring a record %s", p, i + 1, problem)
+            continue
+        out.append(rec)
     return out
 
 
-def result_files(paths: Iterable[str | Path]) -> list[Path]:
-    """Expand directories to their ``results*.jsonl`` files (sorted); keep files as given."""
+REQUIRED = {  # kind -> settings every finished (ok) record of that kind has
+    "cost": ("backbone", "frames"),
+    "quality": ("model", "mode"),
+    "provenance": ("model", "frames"),
+}
+
+
+def record_problem(rec) -> str | None:
+    """What makes ``rec`` unusable as a trial record, or None: no string ``id``; or, for a
+    record of a known kind, no ``status``, no ``settings`` naming its reducer and options, or,
+    finished (status ok), no ``metrics`` mapping or settings without the kind's keys (the
+    report reads these without checking again)."""
+    if not isinstance(rec, dict) or not isinstance(rec.get("id"), str):
+        return "without a string 'id'"
+    if rec.get("kind") not in REQUIRED:
+        return None  # not a trial of this sweep runner's kinds: the report skips it anyway
+    settings = rec.get("settings")
+    if not isinstance(settings, dict) or not isinstance(rec.get("status"), str):
+        return "without 'settings' (a mapping) and 'status'"
+    need = ("reducer", "options") + (REQUIRED[rec["kind"]] if rec["status"] == "ok" else ())
+    missing = [f"settings.{k}" for k in need if k not in settings]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    if rec["status"] == "ok" and not isinstance(rec.get("metrics"), dict):
+        return "with status ok but no 'metrics' mapping"
+    return None
+
+
+def result_files(paths: Iterable[str | Path], strict: bool = False) -> list[Path]:
+    """Expand directories to their ``results*.jsonl`` files (sorted); keep files as given;
+    a path that does not exist adds nothing (a warning names it).
+
+    Raises:
+        FileNotFoundError: with ``strict``, an input that does not exist or a directory
+            without results files.
+    """
     files: list[Path] = []
     for p in map(Path, paths):
-        files.extend(sorted(p.glob("results*.jsonl")) if p.is_dir() else [p])
+        found = sorted(p.glob("results*.jsonl")) if p.is_dir() else [p] if p.exists() else []
+        if strict and not found:
+            what = "does not exist" if not p.exists() else "holds no results*.jsonl"
+            raise FileNotFoundError(f"{p} {what}; give sweep output directories or their "
+                                    f"results*.jsonl files")
+        if not p.exists():
+            log.warning("%s does not exist; no results read from it", p)
+        files.extend(found)
     return files
 
 
@@ -112,11 +209,22 @@ def load_results(paths: Iterable[str | Path]) -> dict[str, dict]:
 
 
 def merge_files(inputs: Iterable[str | Path], output: str | Path) -> int:
-    """Write the merged records of ``inputs`` to ``output`` (one per trial); returns the count."""
-    merged = load_results(inputs)
+    """Write the merged records of ``inputs`` to ``output`` (one per trial); returns the count.
+
+    Every input must exist (a typo is refused before anything is written). ``output`` may be
+    one of the inputs: it is read and replaced under its lock, atomically (see the module doc).
+
+    Raises:
+        FileNotFoundError: an input does not exist or is a directory without results files.
+    """
+    inputs = list(inputs)
+    files = result_files(inputs, strict=True)
     out = Path(output)
-    if out.exists():
-        out.unlink()
-    for rec in sorted(merged.values(), key=lambda r: r["id"]):
-        append_record(out, rec)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd = _locked(out)  # appends to the output wait, and none is lost by the rename
+    try:
+        merged = latest(rec for f in files for rec in read_records(f))
+        replace_records(out, sorted(merged.values(), key=lambda r: r["id"]), held=fd)
+    finally:
+        os.close(fd)
     return len(merged)

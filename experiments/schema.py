@@ -59,7 +59,14 @@ DATA_KEYS = {
 }
 # TrainConfig fields the sweep sets itself; a ``base:`` / ``finetune:`` recipe may set the rest.
 MANAGED = {"data", "root", "split", "video_root", "out", "model", "pretrained", "init",
-           "reducer", "reducer_options", "frames"}
+           "reducer", "reducer_options", "frames", "seed"}
+# Managed fields a recipe writer may reach for, and where they are set instead.
+ELSEWHERE = {
+    "seed": "set seed once at the top level (seed: N): it reaches the base model, every "
+            "fine-tune and the synthetic data",
+    "frames": "set quality.frames (frames per video for every model of the section)",
+    "model": "set quality.model",
+}
 RECIPE_KEYS = {**{f.name: f"tokred.training.TrainConfig.{f.name}" for f in fields(TrainConfig)
                   if f.name not in MANAGED},
                "eval_batch_size": "videos per evaluation batch"}
@@ -75,12 +82,16 @@ REDUCER_KEYS = {
 
 def check_keys(loc: Any, where: tuple, mapping: Any, allowed: dict[str, str], what: str,
                error: type[Exception]) -> None:
-    """Raise ``error`` for a key of ``mapping`` not in ``allowed``, with a did-you-mean."""
+    """Raise ``error`` for a key of ``mapping`` not in ``allowed``, with a did-you-mean (or,
+    for a recipe key the sweep sets itself, where to set it: :data:`ELSEWHERE`)."""
     if not isinstance(mapping, dict):
         raise error(f"{loc.where(*where)}: {what} must be a mapping, got {mapping!r}")
     for key in mapping:
         if key in allowed:
             continue
+        if allowed is RECIPE_KEYS and key in ELSEWHERE:
+            raise error(f"{loc.where(*where, key)}: {key!r} cannot be set in {what}; "
+                        f"{ELSEWHERE[key]}")
         close = difflib.get_close_matches(str(key), list(allowed), n=1)
         fix = f"did you mean {close[0]!r} ({allowed[close[0]]})?" if close else \
             f"valid keys: {', '.join(allowed)}"

@@ -16,12 +16,16 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import os
 import shutil
 import sys
 import time
 import traceback
 from pathlib import Path
 
+from tokred.cli.args import existing_file, existing_path, output_dir, output_file
+
+from .cache import claim, describe
 from .config import ConfigError, SweepConfig, load_config
 from .records import append_record, load_results, merge_files
 from .trial import Trial
@@ -40,6 +44,14 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     if not 0 <= i < n:
         raise ValueError(f"--shard {text}: need 0 <= i < n")
     return i, n
+
+
+def shard_arg(text: str) -> tuple[int, int]:
+    """argparse ``type=`` of ``--shard``."""
+    try:
+        return parse_shard(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--shard ")) from None
 
 
 def in_shard(trial: Trial, shard: tuple[int, int] | None) -> bool:
@@ -81,14 +93,18 @@ def run_one(trial: Trial, ctx, cfg: SweepConfig, extra: dict) -> dict:
 
 def run_sweep(cfg: SweepConfig, out: Path, shard: tuple[int, int] | None = None,
               device: str = "cpu", progress: bool = True) -> dict[str, int]:
-    """Run the pending trials of ``cfg`` into ``out``; returns counts by status."""
+    """Run the pending trials of ``cfg`` into ``out``; returns counts by status.
+
+    Each trial is claimed first (:func:`~.cache.claim`): one another process on ``out`` is
+    running is left to it (and named at the end), one finished meanwhile is skipped.
+    """
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from .trials import Context, versions
 
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(cfg.path, out / "config.yaml")  # the report CLI reads it to select trials
+    save_config(cfg, out)
     todo = pending(cfg, out, shard)
     mine = sum(in_shard(t, shard) for t in cfg.trials)
     print(f"{cfg.name}: {len(cfg.trials)} trials, {mine} in this shard, "
@@ -96,24 +112,48 @@ def run_sweep(cfg: SweepConfig, out: Path, shard: tuple[int, int] | None = None,
     ctx = Context(out=out, device=device)
     extra = {"versions": versions(), "device": device,
              "shard": None if shard is None else f"{shard[0]}/{shard[1]}"}
-    counts = {"ok": 0, "error": 0}
+    counts, busy = {"ok": 0, "error": 0}, []
     path = results_path(out, shard)
     with logging_redirect_tqdm(), tqdm(todo, unit="trial", disable=not progress,
                                        dynamic_ncols=True) as bar:
         for trial in bar:
             bar.set_description(trial.title[:60])
-            record = run_one(trial, ctx, cfg, extra)
-            append_record(path, record)
+            with claim(out, trial.id) as other:
+                if other is not None:
+                    busy.append(f"{trial.title}: {describe(other)}")
+                    continue
+                if load_results([out]).get(trial.id, {}).get("status") == "ok":
+                    continue  # finished by another process after this one listed the trials
+                record = run_one(trial, ctx, cfg, extra)
+                append_record(path, record)
             counts[record["status"]] += 1
             bar.set_postfix(ok=counts["ok"], errors=counts["error"])
+    if busy:
+        print(f"{len(busy)} trials are being run by other processes on {out}, left to them "
+              f"(rerun this command afterwards to retry any that did not finish):\n  "
+              + "\n  ".join(busy))
     return counts
 
 
+def save_config(cfg: SweepConfig, out: Path) -> None:
+    """Copy the config to ``out/config.yaml`` (the report reads it to select trials),
+    atomically; nothing to do when the run was started from that very file."""
+    dest = out / "config.yaml"
+    if dest.exists() and os.path.samefile(cfg.path, dest):
+        return
+    tmp = out / f".config.yaml.tmp-{os.getpid()}"
+    shutil.copyfile(cfg.path, tmp)
+    os.replace(tmp, dest)
+
+
 def merge_main(argv: list[str]) -> int:
+    """``tokred merge INPUT... -o FILE``: one record per trial; every input must exist."""
     p = argparse.ArgumentParser(prog="tokred merge",
                                 description="merge result files or dirs (one record per trial)")
-    p.add_argument("inputs", nargs="+", help="results.jsonl files or output dirs")
-    p.add_argument("-o", "--output", required=True, help="merged results.jsonl to write")
+    p.add_argument("inputs", nargs="+", type=existing_path,
+                   help="results.jsonl files or output dirs")
+    p.add_argument("-o", "--output", required=True, type=output_file,
+                   help="merged results.jsonl to write (replaced atomically; may be an input)")
     a = p.parse_args(argv)
     n = merge_files(a.inputs, a.output)
     print(f"merged {n} trials into {a.output}")
@@ -126,9 +166,11 @@ def main(argv: list[str] | None = None) -> int:
         return merge_main(argv[1:])
     p = argparse.ArgumentParser(prog="tokred sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="sweep YAML (experiments/configs/*.yaml)")
-    p.add_argument("--out", required=True, help="output dir: results.jsonl, cache/, report/")
-    p.add_argument("--shard", help="run only shard i of n (i/n, 0-based), e.g. 0/2")
+    p.add_argument("--config", required=True, type=existing_file,
+                   help="sweep YAML (experiments/configs/*.yaml)")
+    p.add_argument("--out", required=True, type=output_dir,
+                   help="output dir: results.jsonl, cache/, report/")
+    p.add_argument("--shard", type=shard_arg, help="run only shard i of n (i/n, 0-based), e.g. 0/2")
     p.add_argument("--cost-only", action="store_true", help="skip the quality section")
     p.add_argument("--only-report", action="store_true", help="write tables/figures and exit")
     p.add_argument("--no-report", action="store_true", help="do not write the report")
@@ -139,9 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("experiments").setLevel(logging.INFO)
     for handler in logging.getLogger().handlers:  # random weights are intended in cost trials
         handler.addFilter(lambda r: not r.getMessage().startswith("No pretrained weights"))
-    out = Path(a.out)
+    out, shard = a.out, a.shard
     try:
-        shard = parse_shard(a.shard)
         cfg = load_config(a.config, cost_only=a.cost_only, preflight=not a.only_report)
     except (ConfigError, ValueError) as err:
         print(f"config error: {err}", file=sys.stderr)

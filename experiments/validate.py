@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tokred import BackboneSpec, create_reducer, list_reducers, resolve_options
+from tokred.cli.args import POSITIVE_INT
 from tokred.registry import split_spec
 from tokred.training.config import TrainConfig
 
@@ -136,9 +137,10 @@ def check_recipe(recipe: dict, reducer: str, options: dict, model: str, frames: 
     """
     kw = {k: v for k, v in recipe.items() if k != "eval_batch_size"}
     try:
+        POSITIVE_INT.check(recipe.get("eval_batch_size", 64), "eval_batch_size")
         TrainConfig(model=model, frames=frames, reducer=reducer, reducer_options=options, **kw)
     except (TypeError, ValueError) as err:
-        raise error(f"{where}: recipe {kw} cannot train {reducer}: {err}") from None
+        raise error(f"{where}: this recipe cannot train {reducer}: {err}") from None
 
 
 def recipe_device(recipe: dict) -> tuple[str, str]:
