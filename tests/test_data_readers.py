@@ -53,7 +53,7 @@ def test_msvd_all_captions_kept() -> None:
 def test_msvd_missing_captions_names_the_pickle(tmp_path: Path) -> None:
     shutil.copytree(FIX / "msvd", tmp_path, dirs_exist_ok=True)
     (tmp_path / "test_list.txt").write_text("not_a_real_id\n")
-    with pytest.raises(KeyError, match="raw-captions.pkl"):
+    with pytest.raises(ValueError, match="raw-captions.pkl"):
         load_split("msvd", tmp_path, "test")
 
 

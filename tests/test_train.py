@@ -127,8 +127,8 @@ def test_corrupt_video_stops_before_training_or_is_skipped(synth, tmp_path, tiny
         stats = train(_cfg(root, tmp_path / "skip", skip_errors=True))
     assert stats["steps"] == 6
     assert "leaving out 1 undecodable training videos: video5" in caplog.text
-    with pytest.raises(ValueError, match="skip_errors needs the cached first pass"):
-        train(_cfg(root, tmp_path / "nocache", skip_errors=True, cache=False))
+    stats = train(_cfg(root, tmp_path / "nocache", skip_errors=True, cache=False))
+    assert stats["steps"] == 6 and stats["skipped_ids"] == ["video5"]  # replaced, counted
 
 
 def test_epoch_batches_split_one_global_permutation_over_ranks():
