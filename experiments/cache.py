@@ -76,19 +76,20 @@ def step_result(step_dir: Path) -> Any:
 def wait_for_lock(lock: IO[str], what: str, poll_s: float = 0.5) -> None:
     """Take the exclusive ``flock`` of ``lock``, then note this process in it.
 
-    While another process holds it, log (now and every :data:`WAIT_REPORT_S`) which process
-    that is and, when it is stopped, how to let it go on or end it.
+    While another process holds it, log which process that is and, when it is stopped, how to
+    let it go on or end it: at once, whenever that changes, and every :data:`WAIT_REPORT_S`.
     """
-    waited, reported = 0.0, None
+    waited, reported, said = 0.0, 0.0, None
     while True:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             break
         except BlockingIOError:
-            if reported is None or waited - reported >= WAIT_REPORT_S:
-                lock.seek(0)
-                log.warning("waiting for %s: %s", what, _waiting_text(_parse(lock.read())))
-                reported = waited
+            lock.seek(0)
+            text = _waiting_text(_parse(lock.read()))
+            if text != said or waited - reported >= WAIT_REPORT_S:  # news, or a reminder
+                log.warning("waiting for %s: %s", what, text)
+                said, reported = text, waited
             time.sleep(poll_s)
             waited += poll_s
     lock.seek(0)

@@ -120,7 +120,8 @@ def run_sweep(cfg: SweepConfig, out: Path, shard: tuple[int, int] | None = None,
             bar.set_description(trial.title[:60])
             with claim(out, trial.id) as other:
                 if other is not None:
-                    busy.append(f"{trial.title}: {describe(other)}")
+                    busy.append(f"{trial.title}: {describe(other)}, claim "
+                                f"{out / 'claims' / (trial.id + '.claim')}")
                     continue
                 if load_results([out]).get(trial.id, {}).get("status") == "ok":
                     continue  # finished by another process after this one listed the trials
@@ -130,7 +131,8 @@ def run_sweep(cfg: SweepConfig, out: Path, shard: tuple[int, int] | None = None,
             bar.set_postfix(ok=counts["ok"], errors=counts["error"])
     if busy:
         print(f"{len(busy)} trials are being run by other processes on {out}, left to them "
-              f"(rerun this command afterwards to retry any that did not finish):\n  "
+              f"(rerun this command afterwards to retry any that did not finish; a claim of a "
+              f"process on another host that is gone must be deleted by hand):\n  "
               + "\n  ".join(busy))
     return counts
 

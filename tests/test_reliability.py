@@ -471,6 +471,9 @@ def test_waiting_on_a_stopped_lock_holder_says_who_and_what_to_do(tmp_path, capl
     try:
         assert holder.stdout.readline().strip() == "locked"
         os.kill(holder.pid, signal.SIGSTOP)
+        deadline = time.time() + 10
+        while xcache._proc_state(holder.pid) not in ("T", "t") and time.time() < deadline:
+            time.sleep(0.05)  # the signal is delivered asynchronously
         built = []
         waiter = threading.Thread(target=xcache.cached_step,
                                   args=(tmp_path, "base", key, lambda d: built.append(d)))
