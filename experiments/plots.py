@@ -16,7 +16,8 @@ import pandas as pd  # noqa: E402
 from tokred.cost.record import SUSPECT_FACTOR  # noqa: E402
 
 from .plots_tokens import provenance_figure  # noqa: E402
-from .tables import ORDER  # noqa: E402
+from .published import option_defaults  # noqa: E402
+from .tables import ORDER, curve_label, reducer_rank  # noqa: E402
 
 log = logging.getLogger(__name__)
 GMACS_LABEL = "visual GMACs per video (10$^9$ multiply-accumulates; GFLOPs = 2 x GMACs)"
@@ -62,38 +63,124 @@ def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.asarray(front, dtype=int)
 
 
-def swept_label(options: dict, all_options: list[dict]) -> str:
-    """``k=v`` for the options that vary along a reducer's line (short point labels)."""
-    keys = sorted({k for o in all_options for k in o})
-    varying = [k for k in keys if len({repr(o.get(k)) for o in all_options}) > 1]
-    return " ".join(f"{k}={options.get(k)}" for k in varying)
+def point_label(reducer: str, options: dict, preset: str | None) -> str:
+    """A frontier point's short label: its preset, else the options that differ from the
+    reducer's defaults (``layer=8 segments=6``; empty for the defaults themselves)."""
+    if isinstance(preset, str) and preset:
+        return preset
+    defaults = option_defaults(reducer)
+    return " ".join(f"{k}={_short(v)}" for k, v in sorted(options.items())
+                    if _short(v) != _short(defaults.get(k)))
+
+
+def _short(v) -> str:
+    return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+
+PAPER_BACKBONE = {"scale-B32": "ViT-B-32"}  # the scale model runs ViT-B/32's schedules
+
+
+def paper_tag(reducer: str, options: dict, model: str) -> str | None:
+    """The preset tag when ``options`` are a setting the papers publish for ``model``'s
+    backbone (``tokred.paper_presets``), else None."""
+    from tokred import paper_presets, preset_of
+
+    try:
+        papers = paper_presets(reducer, PAPER_BACKBONE.get(model, model))
+    except (KeyError, ImportError):  # a reducer not installed here
+        return None
+    tag = preset_of(reducer, options)
+    return tag if tag in papers else None
+
+
+def _errors(g: pd.DataFrame) -> np.ndarray:
+    """``[2, n]`` R-Sum error bars (value - low, high - value); 0 where no interval is stored."""
+    if "R-Sum low" not in g:
+        return np.zeros((2, len(g)))
+    low = (g["R-Sum"] - g["R-Sum low"]).fillna(0.0).clip(lower=0)
+    high = (g["R-Sum high"] - g["R-Sum"]).fillna(0.0).clip(lower=0)
+    return np.vstack([low.to_numpy(float), high.to_numpy(float)])
+
+
+def _curves(ax, g: pd.DataFrame, xcol: str, colours: dict) -> None:
+    """One line with 95 % error bars per reducer variant (``tables.curve_label``), each point
+    labelled by :func:`point_label` (a label shared by several lines at the same cost, as
+    segment schedules are, is written once)."""
+    variants: dict[str, int] = {}
+    placed: set[tuple] = set()
+    rest = g[g["reducer"] != "none"]
+    keys = pd.Series([curve_label(r, o) for r, o in zip(rest["reducer"], rest["options"])],
+                     index=rest.index, dtype=object)
+    for curve in sorted(set(keys), key=lambda c: (reducer_rank(c.split(" ")[0]), c)):
+        gr = rest[keys == curve].sort_values(xcol)
+        red = gr["reducer"].iloc[0]
+        k = variants[red] = variants.get(red, -1) + 1  # a reducer's 2nd variant: dotted, squares
+        ax.errorbar(gr[xcol], gr["R-Sum"], yerr=_errors(gr), fmt="os^D"[k % 4] + "-:"[k % 2],
+                    color=colours[red], label=curve, ms=4, lw=1.2, capsize=2, elinewidth=0.8)
+        for _, row in gr.iterrows():
+            text = point_label(red, row["options"], row.get("preset"))
+            if text and (row[xcol], text) not in placed:
+                placed.add((row[xcol], text))
+                ax.annotate(text, (row[xcol], row["R-Sum"]), fontsize=5, xytext=(3, 3),
+                            textcoords="offset points")
+
+
+def _none_reference(ax, g: pd.DataFrame, xcol: str) -> None:
+    """``none``: its point with error bar, a dotted line at its R-Sum and its 95 % band."""
+    base = g[g["reducer"] == "none"]
+    if base.empty:
+        return
+    b = base.iloc[0]
+    ax.errorbar([b[xcol]], [b["R-Sum"]], yerr=_errors(base.iloc[:1]), fmt="o", color="grey",
+                ms=6, capsize=3, label="none")
+    ax.axhline(b["R-Sum"], color="grey", ls=":", lw=1)
+    if pd.notna(b.get("R-Sum low")):
+        ax.axhspan(b["R-Sum low"], b["R-Sum high"], color="grey", alpha=0.12,
+                   label="none's 95 % interval")
+
+
+def _paper_marks(ax, g: pd.DataFrame, xcol: str) -> None:
+    """A star around every point that is a setting the papers publish."""
+    tags = [paper_tag(r, o, m) for r, o, m in zip(g["reducer"], g["options"], g["model"])]
+    hit = g[[t is not None for t in tags]]
+    if not hit.empty:
+        ax.scatter(hit[xcol], hit["R-Sum"], marker="*", s=220, facecolors="none",
+                   edgecolors="k", linewidths=1.0, zorder=5, label="papers' setting")
+
+
+def _percent_axis(ax, g: pd.DataFrame) -> None:
+    """A top axis in % of none's GMACs (when the panel has a none row)."""
+    base = g.loc[g["reducer"] == "none", "GMACs"]
+    if base.empty:
+        return
+    b = float(base.iloc[0])
+    top = ax.secondary_xaxis("top", functions=(lambda x: 100 * x / b, lambda p: p * b / 100))
+    top.set_xlabel("% of none's GMACs", fontsize=8)
 
 
 def tradeoff_figure(q: pd.DataFrame, xcol: str, xlabel: str, path: Path, title: str,
                     lower_is_better: bool = True) -> bool:
-    """R-Sum vs a cost column, one panel per mode, one line per reducer, Pareto front dashed."""
+    """R-Sum with 95 % error bars vs a cost column: one panel per mode, one line per reducer
+    variant, ``none`` as a reference band, the papers' settings starred, Pareto front dashed."""
     q = q.dropna(subset=[xcol, "R-Sum"])
     if q.empty:
         return False
     modes = list(dict.fromkeys(q["mode"]))
     colours = reducer_colours(q["reducer"])
-    fig, axes = plt.subplots(1, len(modes), figsize=(5.2 * len(modes) + 1.8, 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(modes), figsize=(6.4 * len(modes) + 2.4, 5.0), squeeze=False)
     for ax, mode in zip(axes[0], modes):
         g = q[q["mode"] == mode]
-        for red, gr in g.groupby("reducer"):
-            gr = gr.sort_values(xcol)
-            ax.plot(gr[xcol], gr["R-Sum"], "o-", color=colours[red], label=red, ms=5)
-            for _, row in gr.iterrows():
-                label = swept_label(row["options"], list(gr["options"]))
-                if label:
-                    ax.annotate(label, (row[xcol], row["R-Sum"]), fontsize=6,
-                                xytext=(3, 3), textcoords="offset points")
+        _none_reference(ax, g, xcol)
+        _curves(ax, g, xcol, colours)
+        _paper_marks(ax, g, xcol)
         x, y = g[xcol].to_numpy(float), g["R-Sum"].to_numpy(float)
         front = pareto_front(x if lower_is_better else -x, y)
         ax.step(x[front], y[front], "--", color="k", lw=1, where="post", label="Pareto front")
+        if xcol == "GMACs":
+            _percent_axis(ax, g)
         ax.set_title(f"{mode.replace('_', '-')}", fontsize=10)
         ax.set_xlabel(xlabel, fontsize=8)
-        ax.set_ylabel("R-Sum (t2v + v2t R@1+5+10, %)")
+        ax.set_ylabel("R-Sum (t2v + v2t R@1+5+10, %), 95 % interval")
         ax.grid(alpha=0.3)
     _legend_outside(axes[0][-1], axes[0])
     fig.suptitle(title, fontsize=10)
@@ -198,9 +285,15 @@ def make_figures(cost: pd.DataFrame, quality: pd.DataFrame, out: Path,
     if not quality.empty:
         title = f"R-Sum vs cost ({tag})"
         if tradeoff_figure(quality, "GMACs", GMACS_LABEL, out / "rsum_vs_gmacs.png", title):
-            figs.append(("rsum_vs_gmacs.png", f"{'SYNTHETIC: ' if synth else ''}R-Sum against "
-                         "visual GMACs per video, one line per reducer across its sweep; dashed: "
-                         "Pareto front (no other setting is both cheaper and better)."))
+            figs.append(("rsum_vs_gmacs.png", f"{'SYNTHETIC: ' if synth else ''}the "
+                         "cost-quality frontier: R-Sum with its 95 % bootstrap interval against "
+                         "visual GMACs per video (top axis: % of none's), one line per reducer "
+                         "and algorithm variant across its settings; grey: none with its "
+                         "interval as a band; stars: the settings the papers publish for this "
+                         "backbone (ViT-B/32 for the scale model); dashed: Pareto front of the "
+                         "point estimates (no other setting is both cheaper and better). "
+                         "Whether two points differ is decided by the paired tests in the "
+                         "quality section, not by overlapping bars."))
         if tradeoff_figure(quality, "videos/s", "inference throughput (videos/s, CPU)",
                            out / "rsum_vs_speed.png", title, lower_is_better=False):
             figs.append(("rsum_vs_speed.png", f"{'SYNTHETIC: ' if synth else ''}R-Sum against "

@@ -35,6 +35,13 @@ from .tables import (
     training_text,
     weights_text,
 )
+from .uncertainty import (
+    interval_note,
+    pareto_lines,
+    queries_of,
+    significance_lines,
+    with_intervals,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +49,7 @@ COST_COLS = ["setting", "preset", "weights", "GMACs", "fvcore GMACs", "GMACs %",
              "tokens out", "act. MiB/video", "memory %", "speed-up [low, high]", "rounds", "ideal",
              "videos/s", "ms/video", "trainable params", "trainable (LoRA)"]
 QUALITY_COLS = ["data", "setting", "MeM act. MiB/video", "ms/video", *RANK_COLS, "R-Sum",
-                "GMACs", "tokens out", "trainable params", "twin acc.", "preset"]
+                "GMACs", "GMACs %", "tokens out", "trainable params", "twin acc.", "preset"]
 SPEED_NOTE = (
     "Speed is measured in pairs, never as a ratio of two trials timed minutes apart: each "
     "trial times its reducer and `none` (over the same weights, on the same fixed batch) in its "
@@ -124,11 +131,16 @@ def spectral_lines(g: pd.DataFrame, counted: str) -> list[str]:
             "", *[f"- {r['setting']}: {spectral_note(r)}" for r in rows], ""]
 
 
-def quality_section(df: pd.DataFrame, pubs: list[dict]) -> list[str]:
+def quality_section(df: pd.DataFrame, pubs: list[dict],
+                    records: list[dict] | None = None) -> list[str]:
+    """One table per model, mode and data with 95 % intervals, then in sentences which
+    differences are significant (paired tests on the ``records``' per-query ranks)."""
     lines = ["## Retrieval quality", ""]
     if df.empty:
         return lines + ["(no finished quality trials)", ""]
+    queries = queries_of(records or [])
     for (model, mode, data), g in df.groupby(["model", "mode", "data"], sort=False):
+        g = with_gmacs_pct(g)
         tag = "SYNTHETIC benchmark, scale model" if data == "synth" else data
         lines += [f"### {tag}: {model}, {mode.replace('_', '-')}", "", run_line(g), ""]
         if data == "synth":
@@ -136,7 +148,7 @@ def quality_section(df: pd.DataFrame, pubs: list[dict]) -> list[str]:
                       "benchmark with a small CLIP trained from scratch; it checks the pipeline "
                       "and relative behaviour, it is not comparable to MSR-VTT.", ""]
         lines += weights_warning(g)
-        table = g[QUALITY_COLS].copy()
+        table = with_intervals(g[QUALITY_COLS], g)
         table["data"] = table["data"].map(lambda d: "SYNTHETIC" if d == "synth" else d)
         if data != "synth":
             table["protocol"] = g["protocol"]
@@ -147,11 +159,20 @@ def quality_section(df: pd.DataFrame, pubs: list[dict]) -> list[str]:
                   "Columns follow CenterCLIP Table 3 (MeM, Speed, t2v/v2t R@1/5/10, MdR, MnR) "
                   "extended with R-Sum (t2v+v2t R@1+5+10), GMACs (visual, per video), tokens out, "
                   "trainable parameters and the reducer preset the setting amounts to."
-                  + published, ""]
+                  + published, "", interval_note(g), ""]
+        lines += significance_lines(g, queries)
+        lines += pareto_lines(g)
         lines += spectral_lines(g, "counted over every test video evaluated")
         if data == "synth":
             lines += synth_detail(g, mode)
     return lines
+
+
+def with_gmacs_pct(g: pd.DataFrame) -> pd.DataFrame:
+    """``GMACs %``: each row's GMACs relative to ``none`` of the same table (NaN without one)."""
+    base = g.loc[g["reducer"] == "none", "GMACs"]
+    return g.assign(**{"GMACs %": 100 * g["GMACs"] / base.iloc[0] if not base.empty
+                       else float("nan")})
 
 
 PROTOCOL_NOTE = {"msrvtt": (
@@ -205,12 +226,13 @@ def synth_detail(g: pd.DataFrame, mode: str) -> list[str]:
     cols += ["twin acc.", "eval s"] + (["train s"] if mode == "finetuned" else [])
     first = g.iloc[0]
     counts = ", ".join(f"{t} {int(first[f'{t} n'])}" for t in types if pd.notna(first[f"{t} n"]))
-    lines = [f"Per caption type, {mode.replace('_', '-')} (SYNTHETIC): t2v R@1 / R@5 in %. "
+    lines = [f"Per caption type, {mode.replace('_', '-')} (SYNTHETIC): t2v R@1 / R@5 in % "
+             "(overall recalls and R-Sum with their 95 % intervals). "
              f"Chance on {int(first['captions'])} test captions ({counts}): R@1 "
              f"{first['chance R@1']:.2f} %, R@5 {first['chance R@5']:.2f} %, R@10 "
              f"{first['chance R@10']:.2f} %; 'x chance' = t2v R@1 / chance. Twin acc. = share "
              "of time-reversed twin pairs told apart (0.50 for any order-blind model).", "",
-             to_markdown(g[[c for c in cols if c in g]]), ""]
+             to_markdown(with_intervals(g[[c for c in cols if c in g]], g)), ""]
     if pd.notna(first.get("base steps")):
         lines += [f"Base model (reducer none, trained from scratch once and shared by every "
                   f"row): {int(first['base steps'])} steps in {first['base train s']:.0f} s"
@@ -277,7 +299,7 @@ def write_report(inputs: list[str | Path], out: str | Path, config=None) -> Path
               f"{len(records) - ok} failed. Tables: `cost.csv`, `quality.csv`.", ""]
     lines += _env_lines(records)
     cost_lines, cost = cost_section(cost, pubs)
-    lines += cost_lines + quality_section(quality, pubs)
+    lines += cost_lines + quality_section(quality, pubs, records)
     figures = make_figures(cost, quality, out, records)
     if figures:
         lines += ["## Figures", ""]

@@ -145,6 +145,7 @@ def quality_frame(records: list[dict]) -> pd.DataFrame:
                "twin acc.": m.get("twin_accuracy"), "train s": m.get("train_s")}
         for c in RANK_COLS:
             row[c] = m.get(c)
+        row.update(interval_cols(m))
         if m.get("chance_R@1"):
             row["x chance"] = m["t2v_R@1"] / m["chance_R@1"]
             row.update({f"chance R@{k}": m.get(f"chance_R@{k}") for k in (1, 5, 10)})
@@ -166,6 +167,29 @@ def quality_frame(records: list[dict]) -> pd.DataFrame:
     return df.sort_values(["model", "mode", "_order", "reducer", "GMACs"],
                           ascending=[True, False, True, True, False]
                           ).drop(columns="_order").reset_index(drop=True)
+
+
+CI_COLS = [f"{d}_R@{k}" for d in DIRS for k in (1, 5, 10)] + ["R-Sum"]  # stats.METRICS
+
+
+def interval_cols(m: dict) -> dict:
+    """``{col} low`` / ``{col} high`` of each recall and R-Sum from a record's 95 % ``ci``
+    (NaN for a record written before intervals were stored)."""
+    ci = m.get("ci") or {}
+    out = {}
+    for c in CI_COLS:
+        low, high = ci.get(c, (math.nan, math.nan))
+        out[f"{c} low"], out[f"{c} high"] = low, high
+    return out
+
+
+def curve_label(reducer: str, options: dict) -> str:
+    """One curve of the frontier: the reducer, with its categorical (string) options when
+    they are not the defaults, e.g. ``centerclip (algorithm=spectral)``."""
+    defaults = option_defaults(reducer)
+    kind = [f"{k}={v}" for k, v in sorted(options.items())
+            if isinstance(v, str) and v != defaults.get(k)]
+    return f"{reducer} ({', '.join(kind)})" if kind else reducer
 
 
 def is_spectral(reducer: str, options: dict) -> bool:

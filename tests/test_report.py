@@ -217,7 +217,9 @@ def test_synthetic_per_caption_type_table_and_chance(tmp_path):
             "chance_R@10": 2.0, "num_captions": 500, "eval_s": 9.0,
             "per_type": {"static": {"count": 150, "t2v_R@1": 20.0, "t2v_R@5": 60.0},
                          "small": {"count": 75, "t2v_R@1": 1.5, "t2v_R@5": 4.0}},
-            "base_train": {"steps": 634, "wall_s": 426.0, "stopped": "time_budget=7min"}})
+            "base_train": {"steps": 634, "wall_s": 426.0, "stopped": "time_budget=7min"},
+            "ci": {"t2v_R@1": [r1 - 2, r1 + 2], "t2v_R@5": [38.0, 42.0], "t2v_R@10": [38.0, 42.0],
+                   "R-Sum": [230.0, 250.0]}})
         recs.append(rec)
     q = quality_frame(recs)
     assert q.set_index("reducer")["x chance"].to_dict() == {"none": 60.0, "tome": 45.0}
@@ -227,9 +229,10 @@ def test_synthetic_per_caption_type_table_and_chance(tmp_path):
     detail = text.split("Per caption type, training-free (SYNTHETIC)")[1]
     assert "Chance on 500 test captions (static 150, small 75): R@1 0.20 %" in detail
     row = next(line for line in detail.splitlines() if line.startswith("| none |"))
-    assert row.split("|")[1:-1] == [" none ", " 12.00 ", " 60.00 ", " 40.00 ", " 40.00 ",
-                                    " 240 ", " 20.00 ", " 60.00 ", " 1.50 ", " 4.00 ",
-                                    " 0.50 ", " 9.00 "]
+    assert row.split("|")[1:-1] == [" none ", " 12.0 [10.0, 14.0] ", " 60.00 ",
+                                    " 40.0 [38.0, 42.0] ", " 40.0 [38.0, 42.0] ",
+                                    " 240.0 [230.0, 250.0] ", " 20.00 ", " 60.00 ", " 1.50 ",
+                                    " 4.00 ", " 0.50 ", " 9.00 "]
     assert "634 steps in 426 s (stopped: time_budget=7min)" in detail
 
 
