@@ -282,7 +282,8 @@ def _quality_base_key(q: dict, model: str, frames: int, seed: int) -> dict:
     """What the quality section's base model depends on (its cache key, as
     ``quality.quality_trial`` builds it from a trial's settings)."""
     return {"model": model, "weights": q.get("weights"), "frames": frames,
-            "data": _seeded_data(q.get("data") or {}, seed), "base": q.get("base") or {}}
+            "data": _seeded_data(q.get("data") or {}, seed), "base": q.get("base") or {},
+            **({"seed": seed} if seed else {})}
 
 
 def load_config(path: str | Path, cost_only: bool = False, preflight: bool = True) -> SweepConfig:

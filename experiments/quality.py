@@ -92,7 +92,8 @@ def quality_trial(s: dict, ctx) -> dict:
     from tokred.retrieval.evaluate import evaluate, load_model
 
     key = {"model": s["model"], "weights": s.get("weights"), "frames": s["frames"],
-           "data": s["data"], "base": s["base"]}
+           "data": s["data"], "base": s["base"],
+           **({"seed": s["seed"]} if s.get("seed") else {})}  # seed 0: the keys cached so far
     base = base_checkpoint(key, ctx)
     root = data_dir(s["data"], ctx)
     extra: dict[str, Any] = {}

@@ -282,8 +282,6 @@ def test_top_level_seed_reaches_the_synthetic_data(tmp_path):
     assert "seed" not in zero.settings["data"]["synth"]  # seed 0: trial ids as before
 
 
-@pytest.mark.xfail(strict=True, reason="needs experiments/quality.py (not this change's file): "
-                   "quality_trial's base key must carry the trial's seed")
 def test_top_level_seed_reaches_the_base_model_and_its_cache_key(tmp_path, monkeypatch):
     from tokred_experiments import quality
 
