@@ -154,7 +154,7 @@ class CenterCLIP(SegmentReducer):
 
     def reset_diagnostics(self) -> None:
         """Zero the spectral-graph counters read by :meth:`diagnostics`."""
-        self._segments = self._empty = 0
+        self._segments = self._empty = self._svd_retried = 0
 
     def diagnostics(self) -> dict:
         """Spectral variant: segments clustered and how many had an empty affinity graph.
@@ -163,7 +163,8 @@ class CenterCLIP(SegmentReducer):
         """
         if self.algorithm != "spectral":
             return {}
-        return {"spectral_segments": self._segments, "spectral_empty_graph": self._empty}
+        return {"spectral_segments": self._segments, "spectral_empty_graph": self._empty,
+                "spectral_svd_retried": self._svd_retried}
 
     def pre_block(self, s: TokenState, layer: int) -> TokenState:
         step = self.steps.get(layer)
@@ -212,6 +213,13 @@ class CenterCLIP(SegmentReducer):
         empty = int(res.graph.empty.sum())
         self._segments += len(res.graph.empty)
         self._empty += empty
+        retried = int(res.graph.svd_retried.sum())
+        self._svd_retried += retried
+        if retried and ("svd", layer) not in _WARNED:
+            _WARNED.add(("svd", layer))
+            log.warning("centerclip spectral: the batched SVD at layer %s failed to converge; "
+                        "its %d segments were decomposed one by one (the official code stops "
+                        "with an error here)", layer, retried)
         key = (layer, self.sigma, self.graph)
         if empty and key not in _WARNED:
             _WARNED.add(key)

@@ -274,7 +274,8 @@ def test_spectral_first_eigenvector_is_sqrt_degree():
     # L_sym's null vector is D^1/2 * 1: with k=1 every normalised row is the same +-1, and
     # the official sign rule makes it +1.
     w = affinity(sq_distance(_points(2, 20, 4)), sigma=3.0)
-    q = spectral_embedding(w, 1)
+    q, retried = spectral_embedding(w, 1)
+    assert not retried.any()
     assert torch.allclose(q.abs(), torch.ones_like(q), atol=1e-4)
     assert (q.sign() == q[:, :1].sign()).all()
 
@@ -344,3 +345,27 @@ def test_memory_stays_at_a_few_n_by_n_matrices():
         kmedoids(x, 160)
     peak_op = max(e.self_cpu_memory_usage for e in prof.key_averages())
     assert 0 < peak_op <= 4 * 588 * 588 * 4  # at most a few [n, n] fp32 matrices per op
+
+
+def test_a_failed_batched_svd_is_redone_row_by_row_and_flagged(monkeypatch):
+    # MKL's batched SVD can fail on an element it decomposes fine alone (the official code
+    # then stops); the fallback decomposes the rows one by one and flags them
+    import tokred.toolkits.spectral as sp
+
+    x = _points(3, 20, 4, seed=11)
+    w = affinity(sq_distance(x), sigma=3.0)
+    ref, flags = spectral_embedding(w, 4)
+    assert not flags.any()
+    real = torch.linalg.svd
+
+    def flaky(a, full_matrices=True):
+        if a.shape[0] > 1:
+            raise torch.linalg.LinAlgError("linalg.svd: (Batch element 1): failed to converge")
+        return real(a, full_matrices=full_matrices)
+
+    monkeypatch.setattr(sp.torch.linalg, "svd", flaky)
+    q, flags = spectral_embedding(w, 4)
+    assert flags.tolist() == [True] * 3
+    assert torch.allclose(q.abs(), ref.abs(), atol=1e-5)
+    res = spectral_kmedoids(x, 4, sigma=3.0)
+    assert res.graph.svd_retried.all()

@@ -48,11 +48,14 @@ class GraphStats(NamedTuple):
             is zero, the embedding degenerates and the selection is positional.
         max_affinity: the largest off-diagonal affinity.
         min_sq_dist: the smallest squared distance between two distinct points.
+        svd_retried: the batched SVD failed to converge and this row was decomposed on its
+            own (see :func:`tokred.toolkits.spectral.svd_rows`).
     """
 
     empty: Tensor
     max_affinity: Tensor
     min_sq_dist: Tensor
+    svd_retried: Tensor | None = None
 
 
 class Clusters(NamedTuple):

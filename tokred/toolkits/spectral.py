@@ -62,27 +62,61 @@ def sigma_floor(min_sq_dist: float) -> float:
     return math.sqrt(max(min_sq_dist, 0.0) / (2.0 * _FP32_EXP_ZERO))
 
 
-def spectral_embedding(w: Tensor, k: int, correct_sign: bool = True) -> Tensor:
+def laplacian(w: Tensor) -> Tensor:
+    """``L_sym = D^-1/2 (D - W) D^-1/2`` ``[R, n, n]``, rounded as the official two ``bmm``."""
+    deg = w.sum(dim=-1)  # [R, n]
+    inv = torch.pow(deg, -0.5)
+    lap = torch.diag_embed(deg) - w
+    return inv[:, :, None] * lap * inv[:, None, :]  # == D^-1/2 @ L @ D^-1/2, same rounding
+
+
+def svd_rows(lap: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``torch.linalg.svd`` of a batch, as the official code calls it, plus a fallback.
+
+    MKL's batched SVD sometimes fails to converge on a batch element that it decomposes fine
+    alone (seen on trained scale-model segments: "Parameter 4 was incorrect on entry to
+    SLASCL"); the official code then crashes. Here the failed batch is decomposed row by row
+    (float64 for a row that fails alone too) and those rows are flagged. Returns ``u, s, vh``
+    and ``retried [R]`` (bool).
+    """
+    retried = torch.zeros(lap.shape[0], dtype=torch.bool, device=lap.device)
+    try:
+        u, s, vh = torch.linalg.svd(lap, full_matrices=False)
+        return u, s, vh, retried
+    except torch.linalg.LinAlgError:
+        parts = [_svd_one(row[None]) for row in lap]
+    retried[:] = True
+    u, s, vh = (torch.cat([p[i] for p in parts]) for i in range(3))
+    return u, s, vh, retried
+
+
+def _svd_one(lap: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    try:
+        return torch.linalg.svd(lap, full_matrices=False)
+    except torch.linalg.LinAlgError:
+        u, s, vh = torch.linalg.svd(lap.double(), full_matrices=False)
+        return u.float(), s.float(), vh.float()
+
+
+def spectral_embedding(w: Tensor, k: int, correct_sign: bool = True) -> tuple[Tensor, Tensor]:
     """Rows of the ``k`` smallest singular vectors of ``L_sym``, L2-normalised: ``[R, n, k]``.
 
-    ``L_sym = D^-1/2 (D - W) D^-1/2`` is decomposed by an SVD as in the official code (singular
+    ``L_sym`` (:func:`laplacian`) is decomposed by an SVD as in the official code (singular
     values descending; the last ``k`` columns are taken). ``correct_sign`` applies its sign rule
     (Bro et al.): column ``j`` is multiplied by ``sign(sum_i sign(s_j v_ji) (s_j v_ji)^2)``,
     which is 0 for a zero singular value: on an empty graph (``L_sym = 0``) every embedding row
     is zero, every point ties and k-medoids returns the first ``k`` points.
+
+    Returns:
+        The embedding and the ``[R]`` flags of rows whose SVD needed :func:`svd_rows`' fallback.
     """
     with fp32_no_grad(w):
-        w = w.float()
-        deg = w.sum(dim=-1)  # [R, n]
-        inv = torch.pow(deg, -0.5)
-        lap = torch.diag_embed(deg) - w
-        lap = inv[:, :, None] * lap * inv[:, None, :]  # == D^-1/2 @ L @ D^-1/2, same rounding
-        u, s, vh = torch.linalg.svd(lap, full_matrices=False)
+        u, s, vh, retried = svd_rows(laplacian(w.float()))
         if correct_sign:
             sv = s[:, :, None] * vh  # [R, n, n], row j = s_j * v_j
             u = u * torch.sign((torch.sign(sv) * sv.square()).sum(dim=2))[:, None, :]
         q = u[:, :, -k:]
-        return q / (q.norm(p=2, dim=-1, keepdim=True) + 1e-6)
+        return q / (q.norm(p=2, dim=-1, keepdim=True) + 1e-6), retried
 
 
 def spectral_kmedoids(
@@ -107,8 +141,8 @@ def spectral_kmedoids(
     sq = sq_distance(x)
     with fp32_no_grad(x):
         w = affinity(sq, sigma=sigma, graph=graph, knn=knn)
-        q = spectral_embedding(w, k, correct_sign=correct_sign)
-        stats = graph_stats(w, sq)
+        q, retried = spectral_embedding(w, k, correct_sign=correct_sign)
+        stats = graph_stats(w, sq)._replace(svd_retried=retried)
     res = kmedoids(q, k, distance=distance, p=p, iters=iters, threshold=threshold,
                    split_size=split_size, exact=exact)
     return res._replace(graph=stats)
