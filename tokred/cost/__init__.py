@@ -16,17 +16,19 @@ from tokred.cost.record import CostRecord, compare
 from tokred.cost.sites import SiteTimer, SiteTiming, site_timing
 from tokred.cost.specs import ReducerSpec, parse_reducer, reducer_specs
 from tokred.cost.timing import (
+    PairedTiming,
     Timing,
     environment,
     inference_throughput,
     interleaved_throughput,
-    make_train_step,
+    paired_timing,
     time_calls,
-    train_step_time,
 )
+from tokred.cost.trainstep import make_train_step, train_step_time
 
 __all__ = [
     "CostRecord",
+    "PairedTiming",
     "FvcoreCount",
     "ReducerSpec",
     "SiteTimer",
@@ -45,6 +47,7 @@ __all__ = [
     "inference_throughput",
     "interleaved_throughput",
     "make_train_step",
+    "paired_timing",
     "parse_reducer",
     "peak_rss_mb",
     "reducer_specs",

@@ -13,7 +13,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from tokred.cost.timing import fixed_video, make_train_step
+from tokred.cost.timing import fixed_video
+from tokred.cost.trainstep import make_train_step
 from tokred.encoder import VideoEncoder
 from tokred.models import TIMM_PREFIX, create_backbone
 from tokred.registry import create_reducer

@@ -32,10 +32,9 @@ from tokred.cost.timing import (
     environment,
     fixed_video,
     inference_throughput,
-    make_train_step,
     paired_throughput,
-    train_step_time,
 )
+from tokred.cost.trainstep import make_train_step, train_step_time
 from tokred.encoder import Trace, VideoEncoder
 from tokred.models import TIMM_PREFIX
 from tokred.registry import create_reducer, preset_of

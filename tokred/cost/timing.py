@@ -8,8 +8,6 @@ reports the median of the per-round ratios with their spread (:class:`PairedTimi
 from __future__ import annotations
 
 import contextlib
-import os
-import platform
 import statistics
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -17,7 +15,6 @@ from dataclasses import asdict, dataclass
 from typing import Callable, TypeVar
 
 import torch
-import torch.nn.functional as F
 
 from tokred.training.precision import autocast
 
@@ -89,21 +86,13 @@ def time_calls(
 
 
 def environment(device: torch.device | str = "cpu", precision: str = "fp32") -> dict:
-    """What a timing depends on, recorded next to it."""
-    dev = torch.device(device)
-    env = {
-        "device": str(dev),
-        "precision": precision,
-        "threads": torch.get_num_threads(),
-        "interop_threads": torch.get_num_interop_threads(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cpu": platform.processor() or platform.machine(),
-    }
-    if dev.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(dev)
-    return env
+    """What a timing depends on, recorded next to it (:func:`tokred.env.machine` and the
+    torch / Python versions)."""
+    from tokred.env import machine, software
+
+    soft = software()
+    return {**machine(device), "precision": precision, "torch": soft["torch"],
+            "python": soft["python"]}
 
 
 def fixed_video(batch: int, frames: int, size: int, device: torch.device | str = "cpu",
@@ -151,66 +140,6 @@ def _evaluating(*modules: torch.nn.Module) -> Iterator[None]:
     finally:
         for m, mode in zip(modules, modes):
             m.train(mode)
-
-
-def make_train_step(
-    encoder: torch.nn.Module,
-    video: torch.Tensor,
-    precision: str = "fp32",
-    lr: float = 1e-6,
-) -> Callable[[], float]:
-    """One training step on a fixed batch: forward (autocast), loss, backward, AdamW step.
-
-    The loss pulls each video embedding towards a fixed random unit target (its cost is
-    negligible next to the encoder's). Only parameters with ``requires_grad`` are optimised,
-    so a LoRA-marked model trains its adapters only.
-    """
-    params = [p for p in encoder.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("make_train_step: the encoder has no trainable parameter")
-    opt = torch.optim.AdamW(params, lr=lr)
-    device = video.device
-    target: torch.Tensor | None = None
-
-    def step() -> float:
-        nonlocal target
-        with autocast(device, precision):
-            emb = encoder(video)  # [B, D]
-        if target is None:
-            g = torch.Generator().manual_seed(1)
-            target = F.normalize(torch.randn(emb.shape, generator=g), dim=-1).to(device)
-        loss = -(emb.float() * target).sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return float(loss.detach())
-
-    return step
-
-
-def train_step_time(
-    encoder: torch.nn.Module,
-    frames: int,
-    batch: int = 4,
-    warmup: int = 1,
-    repeats: int = 3,
-    device: torch.device | str = "cpu",
-    precision: str = "fp32",
-    clock: Callable[[], float] = time.perf_counter,
-) -> Timing:
-    """Seconds per training step (forward, backward, optimiser) in train mode on a fixed batch.
-
-    The encoder's parameters are updated by the timed steps: time a model built for measuring.
-    """
-    size = encoder.backbone.spec.image_size
-    was_training = encoder.training
-    encoder.train()
-    try:
-        step = make_train_step(encoder, fixed_video(batch, frames, size, device), precision)
-        return time_calls(step, items=batch, warmup=warmup, repeats=repeats, device=device,
-                          clock=clock)
-    finally:
-        encoder.train(was_training)
 
 
 # From this many rounds on, a speed-up's low/high are the quartiles of its per-round ratios; with

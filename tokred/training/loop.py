@@ -17,11 +17,8 @@ size is global (split over ranks and accumulation steps) and N ranks give the up
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
-import signal
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,6 +41,14 @@ from tokred.training.checkpoint import (
     save_final,
 )
 from tokred.training.config import TrainConfig
+from tokred.training.control import (
+    graceful_interrupt,
+    interrupted,
+    progress_bar,
+    report_step,
+    stop_requested,
+    time_up,
+)
 from tokred.training.optim import WarmupCosine, make_optimizer
 from tokred.training.precision import autocast
 
@@ -230,9 +235,9 @@ def _loop(run: _Run, ds, local: int, steps_per_epoch: int, total: int, step: int
     cfg, info, model, scheduler, out = run.cfg, run.info, run.model, run.scheduler, run.out
     t0, losses, stopped, first = time.perf_counter(), [], None, step
     replaced: set[int] = set()
-    bar = _progress(info, total, step)
+    bar = progress_bar(info, total, step)
     log_file = open_train_log(out / "train_log.jsonl", step) if info.is_main else None
-    with _graceful_interrupt() as interrupt:
+    with graceful_interrupt() as interrupt:
         try:
             while step < total and stopped is None:
                 epoch, offset = divmod(step, steps_per_epoch)
@@ -252,9 +257,9 @@ def _loop(run: _Run, ds, local: int, steps_per_epoch: int, total: int, step: int
                     step += 1
                     losses.append(loss)
                     run.loss = loss
-                    _report(bar, log_file, step, epoch, loss, scheduler.get_last_lr()[0])
-                    stopped = (_should_stop(cfg, step, total) or _time_up(cfg, t0, step, total)
-                               or _interrupted(interrupt))
+                    report_step(bar, log_file, step, epoch, loss, scheduler.get_last_lr()[0])
+                    stopped = (stop_requested(cfg, step, total) or time_up(cfg, t0, step, total)
+                               or interrupted(interrupt))
                     if stopped or (cfg.save_every and step % cfg.save_every == 0) or step == total:
                         _save_last(run, step)
                     if stopped or step >= total:
@@ -299,68 +304,6 @@ def _stopped_by_video(err: Exception, run: _Run, step: int, first: int) -> Excep
         saved = f"; {run.out / 'last.pt'} holds step {step} (--resume continues)"
     return VideoDecodeError(f"{err}\nTraining stopped before step {step + 1}{saved}. To train "
                             f"on: {FIX}")
-
-
-def _report(bar, log_file, step: int, epoch: int, loss: float, lr: float) -> None:
-    """One step on the progress bar and in ``train_log.jsonl``."""
-    if bar:
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
-    if log_file:
-        log_file.write(json.dumps({"step": step, "epoch": epoch, "loss": loss, "lr": lr}) + "\n")
-
-
-@contextlib.contextmanager
-def _graceful_interrupt():
-    """While training: the first Ctrl-C asks to stop after the current step (and save); a
-    second one interrupts at once. Yields a one-element list, true once interrupted."""
-    flag = [False]
-    if threading.current_thread() is not threading.main_thread():
-        yield flag  # signal handlers can only be set in the main thread
-        return
-
-    def handler(signum, frame) -> None:
-        flag[0] = True
-        signal.signal(signal.SIGINT, previous)
-        log.warning("Ctrl-C: stopping after this step and saving last.pt (Ctrl-C again to "
-                    "stop at once, without saving)")
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _interrupted(flag: list) -> str | None:
-    # every rank stops at the same step (each received the signal at its own moment)
-    return "interrupted" if D.broadcast_scalar(float(flag[0])) else None
-
-
-def _should_stop(cfg, step: int, total: int) -> str | None:
-    if cfg.stop_at_step is not None and step >= cfg.stop_at_step and step < total:
-        return f"stop_at_step={cfg.stop_at_step}"
-    return None
-
-
-def _time_up(cfg: TrainConfig, t0: float, step: int, total: int) -> str | None:
-    """The safety stop: ``time_limit`` minutes of this run's steps are spent before the end."""
-    if not cfg.time_limit or step >= total:
-        return None
-    # rank 0 decides, so every rank stops at the same step
-    if D.broadcast_scalar(time.perf_counter() - t0 >= 60 * cfg.time_limit):
-        log.warning("time_limit=%gmin reached at step %d of %d: training stopped short of its "
-                    "schedule (results are not the configured recipe)", cfg.time_limit, step, total)
-        return f"time_limit={cfg.time_limit:g}min"
-    return None
-
-
-def _progress(info: D.DistInfo, total: int, step: int):
-    if not info.is_main:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=step, desc="train", unit="step", dynamic_ncols=True)
 
 
 def _save_last(run: _Run, step: int) -> None:
