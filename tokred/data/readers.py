@@ -10,15 +10,20 @@ missing file at once.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
-import pickle
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
+
+from tokred.data.formats import (
+    need_file,
+    read_caption_pickle,
+    read_csv,
+    read_json,
+    read_jsonl,
+    read_text,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -115,39 +120,6 @@ def _resolve(video_root: Path, names: list[str]) -> Path:
     return video_root / names[0]
 
 
-def _need(path: Path, what: str) -> Path:
-    if not path.is_file():
-        raise FileNotFoundError(f"{what}: annotation file {path} not found; check the dataset root")
-    return path
-
-
-def _text(path: Path) -> str:
-    """The file as text: UTF-8, a byte-order mark dropped (spreadsheet exports add one)."""
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); save it as "
-                         f"UTF-8, e.g. iconv -f latin1 -t utf-8 {path.name} > fixed.csv") from None
-
-
-def _json(path: Path) -> Any:
-    try:
-        return json.loads(_text(path))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg}); fix or "
-                         f"re-download the annotation file") from None
-
-
-def _csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
-    """Rows of a CSV file with a header naming at least ``columns``."""
-    reader = csv.DictReader(io.StringIO(_text(path), newline=""))
-    missing = [c for c in columns if c not in (reader.fieldnames or [])]
-    if missing:
-        raise ValueError(f"{path}: needs a header row with columns {', '.join(columns)}; "
-                         f"found {reader.fieldnames or 'an empty file'}")
-    return list(reader)
-
-
 def _split_file(split: str, files: dict[str, Any], kind: str) -> Any:
     if split not in files:
         raise ValueError(f"{kind} has no split {split!r}; available: {sorted(files)}")
@@ -165,14 +137,14 @@ MSRVTT_SPLITS = {
 def read_msrvtt(root: Path, split: str, video_root: Path) -> Split:
     """MSR-VTT, CLIP4Clip layout: train ids from a csv + all captions from ``MSRVTT_data.json``;
     test is ``MSRVTT_JSFUSION_test.csv`` (one caption per video). Videos ``<video_id>.mp4``."""
-    path = _need(root / _split_file(split, MSRVTT_SPLITS, "msrvtt"), "msrvtt")
-    rows = _csv(path, ("video_id", "sentence") if split == "test" else ("video_id",))
+    path = need_file(root / _split_file(split, MSRVTT_SPLITS, "msrvtt"), "msrvtt")
+    rows = read_csv(path, ("video_id", "sentence") if split == "test" else ("video_id",))
     if split == "test":
         items = ((r["video_id"], video_root / f"{r['video_id']}.mp4", r["sentence"]) for r in rows)
         return _build("msrvtt/test", items, video_root)
     ids = [r["video_id"] for r in rows]  # video order follows the split csv
-    data_path = _need(root / "MSRVTT_data.json", "msrvtt")
-    data = _json(data_path)
+    data_path = need_file(root / "MSRVTT_data.json", "msrvtt")
+    data = read_json(data_path)
     if not isinstance(data, dict) or not isinstance(data.get("sentences"), list):
         raise ValueError(f"{data_path}: expected an object with a 'sentences' list of "
                          f"{{video_id, caption}}; is it MSR-VTT's MSRVTT_data.json?")
@@ -192,50 +164,12 @@ def read_msrvtt(root: Path, split: str, video_root: Path) -> Split:
     return _build(f"msrvtt/{split}", items, video_root)
 
 
-class _PlainUnpickler(pickle.Unpickler):
-    """Unpickles plain data only: containers, strings, numbers. Any other class or function a
-    pickle names (the way a pickle runs code) is refused."""
-
-    ALLOWED = {("builtins", "set"), ("builtins", "frozenset"), ("collections", "OrderedDict")}
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self.ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refused {module}.{name}")
-
-
-def read_caption_pickle(path: Path, trust_pickle: bool = False) -> dict:
-    """MSVD's ``raw-captions.pkl``: ``{video id: [[token, ...], ...]}``, plain data only.
-
-    Raises:
-        ValueError: the pickle names a class or function (it could run code; with
-            ``trust_pickle`` it loads unrestricted), is damaged, or has another layout.
-    """
-    try:
-        with path.open("rb") as f:
-            raw = pickle.load(f) if trust_pickle else _PlainUnpickler(f).load()
-    except pickle.UnpicklingError as err:
-        raise ValueError(f"{path}: holds more than plain containers and strings ({err}); "
-                         f"unpickling it could run code hidden in it. If you trust the file, "
-                         f"pass --trust-pickle (trust_pickle=True)") from None
-    except (EOFError, ValueError, TypeError, IndexError, AttributeError) as err:
-        raise ValueError(f"{path}: not a readable pickle ({type(err).__name__}: {err}); "
-                         f"download it again") from None
-    ok = isinstance(raw, dict) and all(
-        isinstance(caps, (list, tuple)) and all(isinstance(c, (list, tuple)) for c in caps)
-        for caps in raw.values())
-    if not ok:
-        raise ValueError(f"{path}: expected {{video id: [[token, ...], ...]}} (MSVD "
-                         f"raw-captions.pkl as CLIP4Clip ships it), got {type(raw).__name__}")
-    return raw
-
-
 def read_msvd(root: Path, split: str, video_root: Path, trust_pickle: bool = False) -> Split:
     """MSVD: ``{split}_list.txt`` ids + ``raw-captions.pkl`` (id -> list of token lists);
     videos ``<id>.avi``. Every caption is kept (about 40 per video). The pickle is read as
     plain data (:func:`read_caption_pickle`)."""
-    ids = _text(_need(root / f"{split}_list.txt", "msvd")).split()
-    raw = read_caption_pickle(_need(root / "raw-captions.pkl", "msvd"), trust_pickle)
+    ids = read_text(need_file(root / f"{split}_list.txt", "msvd")).split()
+    raw = read_caption_pickle(need_file(root / "raw-captions.pkl", "msvd"), trust_pickle)
     missing = [i for i in ids if i not in raw]
     if missing:
         raise ValueError(
@@ -249,7 +183,7 @@ def read_msvd(root: Path, split: str, video_root: Path, trust_pickle: bool = Fal
 def read_didemo(root: Path, split: str, video_root: Path) -> Split:
     """DiDeMo, CLIP4Clip layout: ``{split}_data.json`` list of ``{video, description, times}``.
     Paragraph retrieval: a video's descriptions joined in file order."""
-    data = _json(_need(root / f"{split}_data.json", "didemo"))
+    data = read_json(need_file(root / f"{split}_data.json", "didemo"))
     paras: dict[str, list[str]] = {}
     for item in data:
         paras.setdefault(item["video"], []).append(item["description"].strip())
@@ -271,8 +205,8 @@ def read_activitynet(root: Path, split: str, video_root: Path) -> Split:
     paragraph = sentences joined. ``test`` is an alias of ``val`` (val_1), as in the papers.
     Videos ``v_<id>.mp4`` or ``.mkv``."""
     ann_name, ids_name = _split_file(split, ANET_SPLITS, "activitynet")
-    ann = _json(_need(root / ann_name, "activitynet"))
-    ids = _json(_need(root / ids_name, "activitynet"))
+    ann = read_json(need_file(root / ann_name, "activitynet"))
+    ids = read_json(need_file(root / ids_name, "activitynet"))
     kept = [i for i in ids if i in ann]
     if len(kept) < len(ids):
         logger.warning(
@@ -300,10 +234,10 @@ LSMDC_SPLITS = {
 def read_lsmdc(root: Path, split: str, video_root: Path) -> Split:
     """LSMDC: tab-separated ``clip, start, end, start, end, caption``; video
     ``<movie>/<clip>.avi`` where movie is the clip name up to its last ``_``."""
-    path = _need(root / _split_file(split, LSMDC_SPLITS, "lsmdc"), "lsmdc")
+    path = need_file(root / _split_file(split, LSMDC_SPLITS, "lsmdc"), "lsmdc")
 
     def rows() -> Iterable[tuple[str, Path, str]]:
-        for n, line in enumerate(_text(path).splitlines(), 1):
+        for n, line in enumerate(read_text(path).splitlines(), 1):
             if not line.strip():
                 continue
             fields = line.split("\t")
@@ -325,9 +259,9 @@ def read_table(root: Path, split: str, video_root: Path | None) -> Split:
     if root.is_dir():
         cands = [root / f"{split}.csv", root / f"{split}.jsonl"]
         path = next((c for c in cands if c.is_file()), cands[0])
-    _need(path, "table")
+    need_file(path, "table")
     base = video_root or path.parent
-    recs = _jsonl(path) if path.suffix == ".jsonl" else _csv(path, ("video", "caption"))
+    recs = read_jsonl(path) if path.suffix == ".jsonl" else read_csv(path, ("video", "caption"))
     for n, r in enumerate(recs, 1):
         if not isinstance(r, dict) or "video" not in r or "caption" not in r:
             raise ValueError(f"{path} record {n}: needs 'video' and 'caption', has "
@@ -335,19 +269,6 @@ def read_table(root: Path, split: str, video_root: Path | None) -> Split:
     return _build(
         f"{path.stem}", ((r["video"], base / r["video"], r["caption"]) for r in recs), base
     )
-
-
-def _jsonl(path: Path) -> list[Any]:
-    recs = []
-    for n, line in enumerate(_text(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            recs.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{n}: not a JSON record ({err.msg}); one JSON object "
-                             f"per line, e.g. {{\"video\": \"a.mp4\", \"caption\": \"...\"}}") from None
-    return recs
 
 
 READERS: dict[str, Callable[..., Split]] = {
