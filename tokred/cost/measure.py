@@ -7,8 +7,9 @@ activation memory (full fine-tuning and LoRA), peak resident memory of inference
 training step (fresh subprocesses), the speed-up against ``none`` per batch size (timed in
 interleaved rounds in this process over the same weights and input, see :func:`paired_speed`)
 with videos/s, the share of the forward spent in the reducer's hooks, one training step's time,
-and the environment. The slow parts are optional; ``tokred measure`` (:mod:`tokred.cli.measure`)
-and the sweep call it.
+what the timings ran on (``env``) and the full provenance (``provenance``: commit and dirty
+flag, every dependency's version, CPU model, command line, plugin files). The slow parts are
+optional; ``tokred measure`` (:mod:`tokred.cli.measure`) and the sweep call it.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from tokred.cost.timing import (
 from tokred.cost.trainstep import make_train_step, train_step_time
 from tokred.encoder import Trace, VideoEncoder
 from tokred.models import TIMM_PREFIX
+from tokred.plugins import run_provenance
 from tokred.registry import create_reducer, preset_of
 from tokred.training.precision import autocast
 
@@ -311,6 +313,7 @@ def measure(
         rec.update(train_step_record(trained, train_step, frames, train_batch, repeats, device,
                                      precision, tick))
     rec["env"] = {**environment(device, precision), "clock": clock}
+    rec["provenance"] = run_provenance(device)
     return rec
 
 

@@ -37,7 +37,8 @@ class CostRecord(TypedDict, total=False):
     precision: str
     activation: Optional[str]  # the MLP activation of the network (quick_gelu / gelu)
     spec: dict  # the backbone spec
-    env: dict  # device, threads, torch, clock, ...
+    env: dict  # what the timings ran on: tokred.cost.timing.environment() and the clock
+    provenance: dict  # tokred.plugins.run_provenance(): code, software, machine, command, plugins
     # analytic MACs from the token trace
     gmacs: float  # visual tower per video: patch embedding + blocks
     gflops: float

@@ -176,7 +176,8 @@ def evaluate(
             ``model`` is a path).
         frames: frames per video.
         videos: pre-decoded ``[V, T, 3, S, S]`` frames (from :func:`load_videos`) to skip decoding.
-        out: directory for ``sim.npz`` and ``metrics.json`` (nothing written when None).
+        out: directory for ``sim.npz`` and ``metrics.json`` (the returned metrics plus the run's
+            ``provenance``, :func:`tokred.env.provenance`); nothing written when None.
         synth_meta: :class:`~tokred.data.SynthMeta` for per-type metrics and twin accuracy.
         dataset: label stored in the results (``"synthetic"`` whenever ``synth_meta`` is given).
 
@@ -202,7 +203,9 @@ def evaluate(
         dataset="synthetic" if synth_meta is not None else (dataset or split.name),
     )
     if out is not None:
-        _write(Path(out), sim, split, res)
+        from tokred.plugins import run_provenance
+
+        _write(Path(out), sim, split, res, run_provenance(next(model.parameters()).device))
     return res
 
 
@@ -269,7 +272,7 @@ def per_type_metrics(sim: torch.Tensor, caption_video: np.ndarray, types: list[s
     return out
 
 
-def _write(out: Path, sim: torch.Tensor, split, res: dict) -> None:
+def _write(out: Path, sim: torch.Tensor, split, res: dict, prov: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     save_similarity(
         out / "sim.npz",
@@ -277,7 +280,7 @@ def _write(out: Path, sim: torch.Tensor, split, res: dict) -> None:
         split.caption_video,
         {k: res[k] for k in ("dataset", "split", "reducer", "frames")},
     )
-    (out / "metrics.json").write_text(json.dumps(res, indent=1))
+    (out / "metrics.json").write_text(json.dumps({**res, "provenance": prov}, indent=1))
 
 
 def format_metrics(res: dict) -> str:

@@ -161,8 +161,10 @@ def resume_activation(cfg: TrainConfig, ck: dict | None, out: Path) -> str | Non
 
 
 def checkpoint_meta(cfg: TrainConfig, model: RetrievalModel) -> dict:
-    """What rebuilding the model needs; ``activation`` is read off the built network."""
+    """What rebuilding the model needs (``activation`` is read off the built network), and the
+    ``provenance`` of the run that trained it (:func:`tokred.plugins.run_provenance`)."""
     from tokred.backbones.weights import activation_of
+    from tokred.plugins import run_provenance
 
     return {
         "model": cfg.model,
@@ -173,11 +175,16 @@ def checkpoint_meta(cfg: TrainConfig, model: RetrievalModel) -> dict:
         "max_words": cfg.max_words,
         "mode": cfg.mode,
         "lora_rank": cfg.lora_rank if cfg.mode == "lora" else None,
+        "provenance": run_provenance(next(model.parameters()).device, seed=cfg.seed),
     }
 
 
 def save_final(model: RetrievalModel, cfg: TrainConfig, out: Path, stats: dict) -> Path:
-    """``model.pt``: plain CLIP weights (LoRA folded into a copy) + reducer state + meta."""
+    """``model.pt``: plain CLIP weights (LoRA folded into a copy) + reducer state + meta.
+
+    The meta's ``provenance`` is also put in ``stats`` (what :func:`tokred.training.train`
+    returns), so the run's statistics name what produced them wherever they are kept.
+    """
     state = model.model_state()
     if cfg.mode == "lora":
         import copy
@@ -188,4 +195,5 @@ def save_final(model: RetrievalModel, cfg: TrainConfig, out: Path, stats: dict) 
         fold_lora(clip)
         state["model"] = clip.state_dict()
     meta = dict(checkpoint_meta(cfg, model), lora_rank=None, steps=stats["steps"])
+    stats["provenance"] = meta["provenance"]
     return save_checkpoint({**state, "meta": meta}, out / "model.pt")
