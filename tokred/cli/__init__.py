@@ -15,7 +15,7 @@ from importlib import metadata
 
 COMMAND_GROUP = "tokred.commands"
 COMMANDS = {
-    "list": ("tokred.cli:list_main", "list the available reducers and their options"),
+    "list": ("tokred.cli.reducers:main", "list the available reducers and their options"),
     "measure": ("tokred.cli.measure:main", "GMACs, tokens, memory, speed-up vs none (one table)"),
     "synth": ("tokred.cli.synth:main", "generate the synthetic video-text benchmark"),
     "train": ("tokred.cli.train:main", "fine-tune a retrieval model (full or LoRA; DDP via torchrun)"),
@@ -35,64 +35,8 @@ def commands() -> dict[str, tuple[str, str]]:
     return found
 
 
-def list_main(argv: list[str] | None = None) -> int:
-    """``tokred list``: every reducer with its options, presets and the package it comes from."""
-    import argparse
-    import json
-
-    ap = argparse.ArgumentParser(prog="tokred list", description="list the available reducers: "
-                                 "options with defaults, presets (the papers' settings) and the "
-                                 "package that provides each")
-    ap.add_argument("--json", action="store_true", help="print one JSON document instead")
-    args = ap.parse_args(argv)
-    rows = [_describe(name) for name in _reducer_names()]
-    if args.json:
-        print(json.dumps(rows, indent=1, default=str))
-        return 0
-    for r in rows:
-        if "error" in r:
-            print(f"{r['name']:<12} <cannot load: {r['error']}>")
-            continue
-        opts = ", ".join(f"{k}={v!r}" for k, v in r["options"].items())
-        print(f"{r['name']:<12} {opts}  [{r['source']}]")
-        for tag, values in r["presets"].items():
-            print(f"{'':<14}.{tag}: {', '.join(f'{k}={v!r}' for k, v in values.items())}")
-    return 0
-
-
-def _reducer_names() -> list[str]:
-    from tokred.registry import list_reducers
-
-    return list_reducers()
-
-
-def _describe(name: str) -> dict:
-    """One reducer as plain data; a broken plugin is reported, it does not hide the others."""
-    from tokred.registry import get_reducer_class, reducer_options
-
-    try:
-        cls = get_reducer_class(name)
-        return {"name": name, "options": reducer_options(name), "presets": dict(cls.presets),
-                "paper": {k: list(v) for k, v in cls.paper.items()},
-                "source": _source(cls)}
-    except Exception as err:  # a broken plugin: report it, list the rest
-        return {"name": name, "error": f"{type(err).__name__}: {err}"}
-
-
-def _source(cls: type) -> str:
-    """``distribution version (module)`` of the class, e.g. ``tokred 0.1.0 (tokred_methods.tome)``."""
-    top = cls.__module__.split(".")[0]
-    dists = metadata.packages_distributions().get(top, [])
-    dist = dists[0] if dists else top
-    try:
-        version = metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        version = "?"
-    return f"{dist} {version} ({cls.__module__})"
-
-
 def main(argv: list[str] | None = None) -> int:
-    """``tokred [--debug] COMMAND [options]``; returns the exit status.
+    """``tokred [--debug] COMMAND [options]`` (or ``tokred --version``); returns the exit status.
 
     A user error (a bad value, a missing or unreadable file; see :func:`is_user_error`) prints
     ``error: ...`` and returns 2 without a traceback; ``--debug`` shows the traceback instead.
@@ -101,12 +45,17 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = bool(argv) and argv[0] == "--debug"
     argv = argv[1:] if debug else argv
+    if argv and argv[0] in ("-V", "--version"):
+        print(version_text())
+        return 0
     table = commands()
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: tokred [--debug] COMMAND [options]\n\ncommands:")
+        print("usage: tokred [--debug] COMMAND [options]  |  tokred --version\n\ncommands:")
         for name, (_, text) in table.items():
             print(f"  {name:<17} {text}")
-        print("\n--debug: show the traceback of an error instead of one line")
+        print("\n--debug: show the traceback of an error instead of one line\n"
+              "-V, --version: tokred's version, git commit and those of torch and open_clip\n"
+              "tokred COMMAND --help: the command's options, with their defaults")
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
     if cmd not in table:
@@ -135,6 +84,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error_text(err)}\n(tokred --debug {cmd} ... shows the traceback)",
               file=sys.stderr)
         return 2
+
+
+def version_text() -> str:
+    """``tokred 0.1.0 (git <commit>[, dirty]) torch X open_clip Y python Z``."""
+    from tokred.env import code, software
+
+    c, sw = code(), software()
+    git = f" (git {c['commit'][:12]}{', dirty' if c['dirty'] else ''})" if c["commit"] else ""
+    return (f"tokred {sw['tokred']}{git}; torch {sw['torch']}, open_clip "
+            f"{sw['open_clip_torch']}, python {sw['python']}")
 
 
 def is_user_error(err: BaseException) -> bool:

@@ -4,16 +4,20 @@ A :class:`Rule` checks a number (``POSITIVE_INT``, ``FRACTION``, ...). The same 
 argparse ``type=`` (``--frames 0`` is refused by the parser, naming the flag) and the check
 that :class:`~tokred.training.config.TrainConfig` and the sweep configs run on their values
 (naming the field or ``file:line``). Path types check an input exists, or an output location
-can be written, before any work starts. Nothing here imports the rest of tokred.
+can be written, before any work starts. The flags every computing command shares (``--device``,
+``--threads``, ``--plugin``) and the help formatter that shows defaults are defined here once.
+Nothing here imports the rest of tokred (torch only when a device is checked).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,6 +96,25 @@ def check_optional(rule: Rule, value: Any, name: str) -> Any:
     return None if value is None else rule.check(value, name)
 
 
+def json_numbers(count: int, rule: Rule, example: str):
+    """argparse ``type=``: a JSON list of ``count`` numbers, each checked by ``rule``."""
+
+    def parse(text: str) -> list:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = None
+        if not isinstance(value, list) or len(value) != count:
+            raise argparse.ArgumentTypeError(f"must be a JSON list of {count} numbers like "
+                                             f"'{example}', got {text!r}")
+        try:
+            return [rule.check(v, "each number") for v in value]
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"{err} (in {text!r})") from None
+
+    return parse
+
+
 def json_object(text: str) -> dict:
     """argparse ``type=``: a JSON object such as ``'{"r": 2}'``."""
     try:
@@ -162,3 +185,91 @@ def unwritable_dir(path: Path) -> str | None:
         return (f"{path}: cannot write in {probe} ({err.strerror or err}); choose a writable "
                 f"output location")
     return None
+
+
+def python_file(text: str) -> Path:
+    """argparse ``type=``: an existing ``.py`` file (a reducer plugin)."""
+    path = existing_file(text)
+    if path.suffix != ".py":
+        raise argparse.ArgumentTypeError(f"{text} is not a .py file; a plugin is a Python file "
+                                         f"defining @register_reducer classes")
+    return path
+
+
+def device(text: str) -> str:
+    """argparse ``type=``: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` (or another torch device);
+    a CUDA device is refused at once when this machine has none."""
+    if text == "auto":
+        return text
+    import torch
+
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N, got {text!r}") \
+            from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: CUDA is not available on this machine; use "
+                                         f"auto or cpu")
+    return text
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; any other name unchanged."""
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+DEVICE_HELP = "torch device: auto (cuda if available, else cpu), cpu, cuda or cuda:N"
+THREADS_HELP = "torch CPU threads (torch.set_num_threads; default: torch's, usually the cores)"
+PLUGIN_HELP = ("load reducers from a local .py file for this run (repeatable; default: "
+               "none); its @register_reducer names may not clash with installed ones")
+
+
+@contextlib.contextmanager
+def using_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` torch CPU threads (None: unchanged), then restore them
+    (tests and library callers run commands in their own process)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def add_compute_flags(ap: argparse.ArgumentParser, plugins: bool = True) -> None:
+    """``--device`` (default auto), ``--threads`` and, with ``plugins``, ``--plugin``: the flags
+    every command that computes shares, spelled and checked the same everywhere."""
+    ap.add_argument("--device", type=device, default="auto", help=DEVICE_HELP)
+    ap.add_argument("--threads", type=POSITIVE_INT, default=None, help=THREADS_HELP)
+    if plugins:
+        add_plugin_flag(ap)
+
+
+def add_plugin_flag(ap: argparse.ArgumentParser) -> None:
+    """``--plugin FILE.py`` (repeatable)."""
+    ap.add_argument("--plugin", type=python_file, action="append", default=[],
+                    metavar="FILE.py", help=PLUGIN_HELP)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Help with ``(default: X)`` after every option that has a default worth showing.
+
+    Not after a default of None or False (an unset option or an off switch: its help says
+    what unset means), nor when the help already names its default; descriptions and
+    epilogs keep their line breaks.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text, value = action.help or "", action.default
+        unset = value is None or value is False or value is argparse.SUPPRESS or value == []
+        if unset or "default" in text.lower():
+            return text
+        return super()._get_help_string(action)

@@ -17,15 +17,22 @@ import logging
 import textwrap
 from typing import Callable
 
-import torch
-
-from tokred.cli.args import NONNEG_INT, POSITIVE_INT, output_file
+from tokred.cli.args import (
+    NONNEG_INT,
+    POSITIVE_INT,
+    HelpFormatter,
+    add_compute_flags,
+    output_file,
+    resolve_device,
+    using_threads,
+)
 from tokred.cost.build import build_many
 from tokred.cost.measure import CLOCKS, TRAIN_MODES, clock_fn, measure
 from tokred.cost.record import SUSPECT_FACTOR, CostRecord, append_jsonl, compare, speed_fields
 from tokred.cost.specs import BASELINE, ReducerSpec, reducer_specs
 from tokred.cost.timing import PairedTiming, interleaved_throughput
 from tokred.models import TIMM_PREFIX
+from tokred.plugins import load_plugin_files
 from tokred.registry import create_reducer
 
 Row = tuple[str, CostRecord]  # (the label the setting was asked by, its record)
@@ -33,7 +40,7 @@ Row = tuple[str, CostRecord]  # (the label the setting was asked by, its record)
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tokred measure", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--model", nargs="+", default=["ViT-B-32"], metavar="M",
                    help="open_clip names, scale-B32, or timm:NAME (timm runs in image mode)")
     p.add_argument("--reducer", nargs="+", default=["tome.r2"], metavar="SPEC",
@@ -53,8 +60,7 @@ def parser() -> argparse.ArgumentParser:
                    "against none per round)")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="autocast precision")
-    p.add_argument("--device", default="auto", help="'auto': cuda if available, else cpu")
-    p.add_argument("--threads", type=POSITIVE_INT, help="torch.set_num_threads (recorded in env)")
+    add_compute_flags(p)
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                    help="wall time, or process CPU time (with --threads 1 on a shared CPU)")
     p.add_argument("--skip-fvcore", action="store_true", help="no fvcore cross-check")
@@ -64,15 +70,19 @@ def parser() -> argparse.ArgumentParser:
                    help="peak RSS in fresh subprocesses (slow); on CUDA, peak allocated memory")
     p.add_argument("--train-step", choices=TRAIN_MODES,
                    help="time one training step: full fine-tuning, or TempMe's recipe (LoRA "
-                   "rank 8 on every qkv of both towers + the reducer's parameters)")
-    p.add_argument("--train-batch", type=POSITIVE_INT, default=2, help="videos per training step")
+                   "rank 8 on every qkv of both towers + the reducer's parameters); default: "
+                   "no training step")
+    p.add_argument("--train-batch-size", type=POSITIVE_INT, default=2,
+                   help="videos per training step")
+    p.add_argument("--train-batch", dest="train_batch_size", type=POSITIVE_INT,
+                   help=argparse.SUPPRESS)  # the spelling before --train-batch-size; one release
     p.add_argument("--site-timing", action="store_true",
                    help="share of the forward time inside the reducer's own hooks")
     p.add_argument("--quick-gelu", action=argparse.BooleanOptionalAction, default=None,
-                   help="force the CLIP activation; unset: QuickGELU for OpenAI architectures "
-                   "such as ViT-B-32/B-16, GELU for the scale models")
+                   help="force the CLIP activation (default: QuickGELU for OpenAI "
+                   "architectures such as ViT-B-32/B-16, GELU for the scale models)")
     p.add_argument("--out", type=output_file, metavar="FILE.jsonl",
-                   help="append one JSON line per record")
+                   help="append one JSON line per record (default: print the table only)")
     return p
 
 
@@ -80,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     p = parser()
     a = p.parse_args(argv)
     logging.getLogger().addFilter(_random_weights_are_meant)  # added once
-    if a.device == "auto":
-        a.device = "cuda" if torch.cuda.is_available() else "cpu"
+    a.device = resolve_device(a.device)
+    load_plugin_files(a.plugin)
     try:  # every spec checked before minutes of measuring
         clock_fn(a.clock, a.device)
         plans = {model: reducer_specs(a.reducer, model) for model in a.model}
@@ -89,17 +99,24 @@ def main(argv: list[str] | None = None) -> int:
             create_reducer(spec.name, **spec.options)
     except (KeyError, ValueError, TypeError) as err:  # KeyError's str() adds quotes
         p.error(err.args[0] if err.args else str(err))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(a.threads or threads)
-    try:
+    with using_threads(a.threads):
         rows = [row for model, specs in plans.items() for row in measure_model(model, specs, a)]
-    finally:  # tests call main() in-process
-        torch.set_num_threads(threads)
     if not rows:
         return 1
-    print(f"\n{rows[0][1]['env']}\n")
+    print(f"\n{environment_line(rows[0][1])}\n")
     print(table(rows, a.batch_size))
     return 0
+
+
+def environment_line(rec: CostRecord) -> str:
+    """One line of what the timings ran on: device, CPU or GPU, threads, versions, commit."""
+    env, prov = rec["env"], rec.get("provenance") or {}
+    code, sw = prov.get("code") or {}, prov.get("software") or {}
+    commit = (code.get("commit") or "?")[:12] + (" (dirty)" if code.get("dirty") else "")
+    chip = env.get("gpu") or env.get("cpu")
+    return (f"{env['device']} ({chip}), {env['threads']} threads, {env['precision']}, clock "
+            f"{env['clock']}; tokred {sw.get('tokred')} at {commit}, torch {sw.get('torch')}, "
+            f"open_clip {sw.get('open_clip_torch')}")
 
 
 def _random_weights_are_meant(record: logging.LogRecord) -> bool:
@@ -116,7 +133,7 @@ def measure_model(model: str, specs: list[ReducerSpec], a: argparse.Namespace) -
             rec = measure(model, spec.name, spec.options, frames, batch_sizes=a.batch_size,
                           repeats=a.repeats, warmup=a.warmup, precision=a.precision,
                           device=a.device, fvcore=not a.skip_fvcore, activation=not a.skip_memory,
-                          rss=a.rss, train_step=a.train_step, train_batch=a.train_batch,
+                          rss=a.rss, train_step=a.train_step, train_batch=a.train_batch_size,
                           speed=False, site_share=a.site_timing, clock=a.clock,
                           quick_gelu=a.quick_gelu)
         except (ImportError, ValueError, TypeError, KeyError) as err:
