@@ -1,310 +1,106 @@
-"""Sweep configs: load YAML with line numbers, validate everything, expand into trials.
+"""Sweep configs: find, load (YAML with line numbers), override, validate, expand into trials.
 
-A config has a ``cost`` section (GMACs, tokens, memory, throughput; random weights are enough)
-and a ``quality`` section (retrieval after training-free insertion and after fine-tuning). Each
-section lists reducers as ``{name, preset, options, sweep}``: ``preset`` is one of the reducer's
-presets (the papers' settings; also written ``name: centerclip.B6-4-49``), ``options`` are fixed
-keyword arguments over the preset's, ``sweep`` maps an option to the list of values to try (a
-grid over all swept options). A preset is resolved here to its options, so trials (and their
-ids) do not depend on how an entry was written. Every error is raised as :class:`ConfigError`
-before any trial runs, naming the file, the line and the fix.
+A config has a ``cost`` section (GMACs, tokens, memory, throughput; random weights are enough),
+a ``quality`` section (retrieval after training-free insertion and after fine-tuning) and a
+``provenance`` section; :mod:`.sections` turns each into trials. Every error is raised as
+:class:`ConfigError` before any trial runs, naming the file and line (or the ``KEY=VALUE``
+override that set the value) and the fix.
+
+``KEY.PATH=VALUE`` overrides (``tokred sweep --config X quality.base.max_steps=20``) change the
+document before it is read, so they are validated, and change trials and ids, exactly as the
+same edit of the file would; the effective config is what a run saves as ``OUT/config.yaml``.
+A config's ``plugins:`` (and ``--plugin``) load reducers from local files before any reducer is
+checked.
 """
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from tokred.cli.args import NONNEG_INT, POSITIVE_INT, Rule
-
-from .schema import (
-    COST_KEYS,
-    DATA_KEYS,
-    PROVENANCE_KEYS,
-    QUALITY_KEYS,
-    RECIPE_KEYS,
-    REDUCER_KEYS,
-    RUN_KEYS,
-    TOP_KEYS,
-)
+from .schema import TOP_KEYS
 from .schema import check_keys as _check_keys
-from .trial import Trial, make_trial
-from .validate import (
-    check_data_files,
-    check_data_paths,
-    check_precision,
-    check_recipe,
-    check_reducer,
-    resolve_preset,
-)
-from .yamlconf import ConfigError, Located, expand_env, load_yaml
+from .sections import cost_trials, provenance_trials, quality_trials, seed_of
+from .trial import Trial
+from .yamlconf import ConfigError, Located, apply_override, expand_env, load_yaml
 
-__all__ = ["ConfigError", "SweepConfig", "load_config", "load_yaml"]
+__all__ = ["ConfigError", "SweepConfig", "find_config", "load_config", "load_yaml"]
+CONFIGS = Path(__file__).with_name("configs")  # the shipped configs (package data)
 
 
 @dataclass
 class SweepConfig:
-    """A validated config: its name, source, raw sections and expanded trials."""
+    """A validated config: its name, source, raw sections and expanded trials.
+
+    Attributes:
+        overrides: the ``KEY=VALUE`` overrides applied to the file, in order.
+        plugins: absolute paths of the plugin files loaded for it (``plugins:`` and
+            ``--plugin``).
+        text: the effective YAML (overrides applied, plugin paths absolute) when it differs
+            from the file; None: the file itself is the effective config.
+        keep: ids of the fine-tune trials whose checkpoints are kept (``keep_checkpoints``).
+    """
 
     name: str
     path: str
     raw: dict
     trials: list[Trial]
     label: str = ""
+    overrides: list[str] = field(default_factory=list)
+    plugins: list[str] = field(default_factory=list)
+    text: str | None = None
+    keep: frozenset[str] = frozenset()
 
 
-def reducer_points(loc: Located, where: tuple) -> list[tuple[str, dict, str]]:
-    """Expand ``reducers`` at ``where`` into ``(name, options, file:line)`` points."""
-    return [(n, o, line) for n, o, line, _ in reducer_entries(loc, where)]
+def find_config(name: str | Path) -> Path:
+    """The config file ``name`` names: a path, else a shipped config's bare name (``smoke``,
+    ``default``, with or without ``.yaml``) from the installed package.
 
-
-def reducer_entries(loc: Located, where: tuple) -> list[tuple[str, dict, str, dict]]:
-    """Like :func:`reducer_points`, plus the entry itself (its ``modes`` / ``finetune``).
-
-    A point's options are the entry's preset's, then its ``options``, then one combination of
-    its ``sweep`` values, each over the one before.
+    Raises:
+        FileNotFoundError: neither, naming the shipped configs (with a close match).
     """
-    entries = _get(loc, where)
-    if not isinstance(entries, list) or not entries:
-        raise ConfigError(f"{loc.where(*where)}: 'reducers' must be a non-empty list of reducer "
-                          f"names or {{name, preset, options, sweep}} mappings")
-    points: list[tuple[str, dict, str, dict]] = []
-    for i, entry in enumerate(entries):
-        at = where + (i,)
-        if isinstance(entry, str):
-            entry = {"name": entry}
-        if not isinstance(entry, dict) or "name" not in entry:
-            raise ConfigError(f"{loc.where(*at)}: a reducer entry needs 'name' (e.g. "
-                              f"{{name: tome, sweep: {{r: [2, 3]}}}}), got {entry!r}")
-        _check_keys(loc, at, entry, REDUCER_KEYS, "reducer entry", ConfigError)
-        name, preset = resolve_preset(entry["name"], entry.get("preset"),
-                                      loc.where(*at, "preset" if "preset" in entry else "name"),
-                                      ConfigError)
-        fixed = {**preset, **(entry.get("options") or {})}
-        sweep = entry.get("sweep") or {}
-        for key, values in sweep.items():
-            if not isinstance(values, list) or not values:
-                raise ConfigError(f"{loc.where(*at, 'sweep', key)}: sweep values of {key!r} must "
-                                  f"be a non-empty list, e.g. {key}: [{values!r}]")
-        keys = list(sweep)
-        for combo in itertools.product(*(sweep[k] for k in keys)):
-            points.append((name, {**fixed, **dict(zip(keys, combo))}, loc.where(*at), entry))
-    return points
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = CONFIGS / f"{path.name.removesuffix('.yaml')}.yaml"
+    if path.name == str(name) and shipped.is_file():
+        return shipped
+    names = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+    import difflib
+
+    close = difflib.get_close_matches(path.stem, names, n=1)
+    what = "is a directory, not a file" if path.is_dir() else "does not exist"
+    raise FileNotFoundError(f"config {str(name)!r} {what} and is not a shipped config"
+                            + (f"; did you mean {close[0]!r}?" if close else "")
+                            + f" Shipped configs: {', '.join(names)} (in {CONFIGS})")
 
 
-def _number(loc: Located, where: tuple, value: Any, rule: Rule) -> int | float:
-    """``value`` checked by ``rule`` (:mod:`tokred.cli.args`, as the CLI and TrainConfig check
-    theirs), or a :class:`ConfigError` naming its line."""
-    try:
-        return rule.check(value, str(where[-1]) if where else "value")
-    except ValueError as err:
-        raise ConfigError(f"{loc.where(*where)}: {err}") from None
-
-
-def _seed(loc: Located) -> int:
-    return _number(loc, ("seed",), loc.data.get("seed", 0), NONNEG_INT)
-
-
-def _seeded_data(data: dict, seed: int) -> dict:
-    """The quality ``data`` section with the top-level ``seed`` in the synthetic benchmark's
-    options unless they set their own. Seed 0 is the generator's default and is not written,
-    so configs from before this rule keep their trial ids and cached data."""
-    synth = data.get("synth") or {}
-    if not seed or data.get("kind", "synth") != "synth" or "seed" in synth:
-        return data
-    return {**data, "synth": {**synth, "seed": seed}}
-
-
-def _get(loc: Located, where: tuple) -> Any:
-    node = loc.data
-    for k in where:
-        node = node[k]
-    return node
-
-
-def _section(loc: Located, name: str, allowed: dict) -> dict | None:
-    sec = loc.data.get(name)
-    if sec is None:
-        return None
-    if not isinstance(sec, dict):
-        raise ConfigError(f"{loc.where(name)}: '{name}' must be a mapping")
-    _check_keys(loc, (name,), sec, allowed, f"'{name}' section", ConfigError)
-    return sec
-
-
-def _cost_base(loc: Located, at: tuple, run: dict, merged: dict) -> dict:
-    """The settings of cost run ``run`` (at ``at``) with the section's defaults ``merged``
-    in, every number checked (its line: the run's key, else the section's)."""
-
-    def where(key: str) -> tuple:
-        return at + (key,) if key in run else ("cost", key)
-
-    sizes = merged.get("batch_sizes", [1])
-    if not isinstance(sizes, list) or not sizes:
-        raise ConfigError(f"{loc.where(*where('batch_sizes'))}: batch_sizes must be a non-empty "
-                          f"list of positive integers, e.g. [1, 4]; got {sizes!r}")
-    return {
-        "backbone": run["backbone"],
-        "weights": merged.get("weights", "random"),
-        "frames": _number(loc, where("frames"), merged.get("frames", 12), POSITIVE_INT),
-        "batch_sizes": [_number(loc, where("batch_sizes"), b, POSITIVE_INT) for b in sizes],
-        "repeats": _number(loc, where("repeats"), merged.get("repeats", 3), POSITIVE_INT),
-        "warmup": _number(loc, where("warmup"), merged.get("warmup", 1), NONNEG_INT),
-        "memory": bool(merged.get("memory", True)),
-        "fvcore": bool(merged.get("fvcore", True)),
-    }
-
-
-def _cost_trials(loc: Located) -> list[Trial]:
-    sec = _section(loc, "cost", COST_KEYS)
-    if sec is None:
-        return []
-    defaults = {k: v for k, v in sec.items() if k != "runs"}
-    trials = []
-    for i, run in enumerate(sec.get("runs") or []):
-        at = ("cost", "runs", i)
-        _check_keys(loc, at, run, RUN_KEYS, "cost run", ConfigError)
-        if "backbone" not in run:
-            raise ConfigError(f"{loc.where(*at)}: a cost run needs 'backbone' (e.g. ViT-B-32)")
-        merged = {**{k: v for k, v in defaults.items() if k in RUN_KEYS}, **run}
-        base = _cost_base(loc, at, run, merged)
-        if "clock" in merged:  # only when set, so existing trial ids do not change
-            base["clock"] = str(merged["clock"])
-        where = at + ("reducers",) if "reducers" in run else ("cost", "reducers")
-        for name, options, line in reducer_points(loc, where):
-            check_reducer(name, options, base["backbone"], base["frames"], line, ConfigError)
-            trials.append(make_trial("cost", {**base, "reducer": name, "options": options}))
-    return trials
-
-
-MODES = ("training_free", "finetuned")
-
-
-def _modes(loc: Located, where: tuple, modes: list, line: str | None = None) -> list[str]:
-    bad = [m for m in modes if m not in MODES] if isinstance(modes, list) else [modes]
-    if bad or not modes:
-        raise ConfigError(f"{line or loc.where(*where)}: modes must be a non-empty list of "
-                          f"{' / '.join(MODES)}, got {modes!r}")
-    return modes
-
-
-def _quality_trials(loc: Located, preflight: bool = True) -> list[Trial]:
-    sec = _section(loc, "quality", QUALITY_KEYS)
-    if sec is None:
-        return []
-    data = sec.get("data") or {}
-    _check_keys(loc, ("quality", "data"), data, DATA_KEYS, "'quality.data'", ConfigError)
-    for part in ("base", "finetune"):
-        if part in sec:
-            _check_keys(loc, ("quality", part), sec[part] or {}, RECIPE_KEYS,
-                        f"'quality.{part}' recipe", ConfigError)
-    check_data_paths(loc, sec, ConfigError, files=preflight)
-    modes = _modes(loc, ("quality", "modes"), sec.get("modes", list(MODES)))
-    model = sec.get("model", "scale-B32")
-    frames = _number(loc, ("quality", "frames"), sec.get("frames", 12), POSITIVE_INT)
-    if not sec.get("weights"):
-        check_recipe(sec.get("base") or {}, "none", {}, model, frames,
-                     loc.where("quality", "base") if "base" in sec else loc.where("quality"),
-                     ConfigError)
-        if preflight:
-            check_precision(sec.get("base") or {}, _recipe_line(loc, ("quality", "base"), ()),
-                            ConfigError)
-    seed = _seed(loc)
-    common = {
-        "model": model, "weights": sec.get("weights"), "frames": frames,
-        "data": _seeded_data(data, seed), "base": sec.get("base") or {},
-        "split": sec.get("split", "test"), "seed": seed,
-    }
-    trials = []
-    for name, options, line, entry in reducer_entries(loc, ("quality", "reducers")):
-        check_reducer(name, options, model, frames, line, ConfigError)
-        own = entry.get("finetune") or {}
-        _check_keys(loc, (), own, RECIPE_KEYS, f"finetune of entry at {line}", ConfigError)
-        recipe = {**(sec.get("finetune") or {}), **own}
-        for mode in _modes(loc, (), entry["modes"], line) if "modes" in entry else modes:
-            if mode == "finetuned":
-                check_recipe(recipe, name, options, model, frames, line, ConfigError)
-                if preflight:
-                    check_precision(recipe, _recipe_line(loc, ("quality", "finetune"),
-                                                         _entry_at(sec, entry), own), ConfigError)
-            extra = {"finetune": recipe} if mode == "finetuned" else {}
-            trials.append(make_trial("quality", {**common, **extra, "mode": mode,
-                                                 "reducer": name, "options": options}))
-    if preflight:  # this machine and these files: the datasets are opened before any trial
-        trains = not sec.get("weights") or any(t.settings["mode"] == "finetuned" for t in trials)
-        check_data_files(loc, sec, [common["split"]] + (["train"] if trains else []),
-                         ConfigError)
-    return trials
-
-
-def _entry_at(sec: dict, entry: dict) -> tuple:
-    """Config path of a reducer entry of the quality section (found by identity)."""
-    i = next((i for i, e in enumerate(sec["reducers"]) if e is entry), None)
-    return () if i is None else ("quality", "reducers", i, "finetune")
-
-
-def _recipe_line(loc: Located, section: tuple, entry: tuple, own: dict | None = None) -> str:
-    """file:line of the ``precision`` / ``device`` a recipe takes (the entry's own or the
-    section's), else of the recipe itself."""
-    if entry and own and ("precision" in own or "device" in own):
-        return loc.where(*entry, "precision" if "precision" in own else "device")
-    return loc.where(*section, "precision")
-
-
-def _provenance_trials(loc: Located, cost_only: bool) -> list[Trial]:
-    sec = _section(loc, "provenance", PROVENANCE_KEYS)
-    if sec is None or (cost_only and sec.get("weights") == "base"):
-        return []
-    model = sec.get("model", "scale-B32")
-    frames = _number(loc, ("provenance", "frames"), sec.get("frames", 12), POSITIVE_INT)
-    weights = sec.get("weights", "random")
-    if weights not in ("random", "base"):
-        raise ConfigError(f"{loc.where('provenance', 'weights')}: weights must be 'random' or "
-                          f"'base' (the quality section's trained base model), got {weights!r}")
-    if weights == "base" and "quality" not in loc.data:
-        raise ConfigError(f"{loc.where('provenance', 'weights')}: weights: base needs a quality "
-                          f"section (its base model); use weights: random")
-    trials = []
-    for name, options, line in reducer_points(loc, ("provenance", "reducers")):
-        check_reducer(name, options, model, frames, line, ConfigError)
-        settings = {"model": model, "frames": frames, "weights": weights,
-                    "reducer": name, "options": options}
-        if weights == "base":
-            settings["base_of"] = _quality_base_key(loc.data["quality"], model, frames,
-                                                    _seed(loc))
-        trials.append(make_trial("provenance", settings))
-    return trials
-
-
-def _quality_base_key(q: dict, model: str, frames: int, seed: int) -> dict:
-    """What the quality section's base model depends on (its cache key, as
-    ``quality.quality_trial`` builds it from a trial's settings)."""
-    return {"model": model, "weights": q.get("weights"), "frames": frames,
-            "data": _seeded_data(q.get("data") or {}, seed), "base": q.get("base") or {},
-            **({"seed": seed} if seed else {})}
-
-
-def load_config(path: str | Path, cost_only: bool = False, preflight: bool = True) -> SweepConfig:
+def load_config(path: str | Path, cost_only: bool = False, preflight: bool = True,
+                overrides: Sequence[str] = (), plugins: Sequence[str | Path] = ()) -> SweepConfig:
     """Load, validate and expand ``path``; raises :class:`ConfigError` on any problem.
 
-    ``preflight``: also check what depends on this machine and the files on it, before any
-    trial: the weights file exists, every training recipe's precision can run on the device it
-    trains on (fp16 needs CUDA), and every quality dataset's split files read and videos are
-    present. The report turns it off: it only needs the trials, perhaps on another machine
-    than the one that ran them.
+    ``overrides``: ``KEY.PATH=VALUE`` items applied to the document first
+    (:func:`~.yamlconf.apply_override`). ``plugins``: plugin files (``--plugin``) loaded with
+    the config's own ``plugins:`` before any reducer is checked. ``preflight``: also check what
+    depends on this machine and the files on it, before any trial: the weights file exists,
+    every training recipe's precision can run on the device it trains on (fp16 needs CUDA),
+    and every quality dataset's split files read and videos are present. The report turns it
+    off: it only needs the trials, perhaps on another machine than the one that ran them.
     """
-    loc = load_yaml(path)
+    loc = load_yaml(path, overrides)
     if not isinstance(loc.data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping with cost:/quality: sections")
     loc.data = expand_env(loc.data)
     _check_keys(loc, (), loc.data, TOP_KEYS, "top level", ConfigError)
-    _seed(loc)
-    trials = _cost_trials(loc)
+    seed_of(loc)
+    files = _load_plugins(loc, Path(path).parent, plugins)
+    trials, keep = cost_trials(loc), set()
     if not cost_only:
-        trials += _quality_trials(loc, preflight)
-    trials += _provenance_trials(loc, cost_only)
+        quality, keep = quality_trials(loc, preflight)
+        trials += quality
+    trials += provenance_trials(loc, cost_only)
     if not trials:
         raise ConfigError(f"{path}: no trials; add a cost: or quality: section with reducers")
     ids = [t.id for t in trials]
@@ -313,4 +109,37 @@ def load_config(path: str | Path, cost_only: bool = False, preflight: bool = Tru
         titles = sorted({t.title for t in trials if t.id in dup})
         raise ConfigError(f"{path}: the same trial is listed twice: {titles}; remove duplicates")
     return SweepConfig(str(loc.data.get("name", Path(path).stem)), str(path), loc.data,
-                       trials, str(loc.data.get("label", "")))
+                       trials, str(loc.data.get("label", "")), list(overrides), files,
+                       _effective_text(loc, overrides, files), frozenset(keep))
+
+
+def _load_plugins(loc: Located, here: Path, extra: Sequence[str | Path]) -> list[str]:
+    """Load the config's ``plugins:`` (relative to its directory ``here``) and ``extra``
+    (``--plugin``, relative to the working directory); their absolute paths, in order."""
+    from tokred.plugins import load_plugin_file
+
+    listed = loc.data.get("plugins") or []
+    if not isinstance(listed, list) or not all(isinstance(p, str) for p in listed):
+        raise ConfigError(f"{loc.where('plugins')}: plugins must be a list of .py file paths "
+                          f"(relative to the config file), got {listed!r}")
+    found = [(here / p, loc.where("plugins", i)) for i, p in enumerate(listed)]
+    found += [(Path(p), f"--plugin {p}") for p in extra]
+    files: list[str] = []
+    for file, where in found:
+        try:
+            load_plugin_file(file)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"{where}: {err}") from None
+        files.append(str(file.resolve()))
+    return list(dict.fromkeys(files))
+
+
+def _effective_text(loc: Located, overrides: Sequence[str], files: list[str]) -> str | None:
+    """The YAML a run saves when it differs from the file: overrides applied and every plugin
+    path absolute (``OUT/config.yaml`` lives elsewhere and must load the same plugins)."""
+    listed = loc.data.get("plugins") or []
+    if not overrides and files == listed:
+        return None
+    if files:
+        apply_override(loc.node, f"plugins={json.dumps(files)}")
+    return loc.text()

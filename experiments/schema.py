@@ -6,6 +6,7 @@ import difflib
 from dataclasses import fields
 from typing import Any
 
+from tokred.synth.generate import SynthConfig
 from tokred.training.config import TrainConfig
 
 TOP_KEYS = {
@@ -17,6 +18,8 @@ TOP_KEYS = {
     "quality": "quality section: retrieval metrics training-free and after fine-tuning",
     "provenance": "token-provenance pictures: {model, frames, weights, reducers}",
     "defaults": "free-form anchors (&name) reused elsewhere in the file; not read directly",
+    "plugins": "list of local .py files of reducers to load for this run (paths relative to "
+               "this file; tokred.plugins.load_plugin_file)",
 }
 RUN_KEYS = {
     "backbone": "open_clip model name or scale model (ViT-B-32, ViT-B-16, scale-B32)",
@@ -43,6 +46,8 @@ QUALITY_KEYS = {
     "modes": "training_free and/or finetuned",
     "split": "evaluation split",
     "reducers": "list of reducers: name or {name, options, sweep}",
+    "keep_checkpoints": "keep each fine-tune's last.pt / model.pt (true/false; default false: "
+                        "deleted after evaluation; the base model's cache is always kept)",
 }
 PROVENANCE_KEYS = {
     "model": "model run on one synthetic video (scale-B32)",
@@ -69,7 +74,13 @@ ELSEWHERE = {
 }
 RECIPE_KEYS = {**{f.name: f"tokred.training.TrainConfig.{f.name}" for f in fields(TrainConfig)
                   if f.name not in MANAGED},
-               "eval_batch_size": "videos per evaluation batch"}
+               "eval_batch_size": "videos per evaluation batch",
+               "keep_checkpoints": "fine-tune only: keep this fine-tune's last.pt / model.pt "
+                                   "(true/false; default: quality.keep_checkpoints)"}
+# Recipe keys the sweep reads itself (not TrainConfig fields).
+SWEEP_RECIPE_KEYS = ("eval_batch_size", "keep_checkpoints")
+SYNTH_KEYS = {f.name: f"tokred.synth.SynthConfig.{f.name}" for f in fields(SynthConfig)
+              if f.name != "version"}
 REDUCER_KEYS = {
     "name": "registered reducer name, or name.PRESET (tokred list shows both)",
     "preset": "a preset of the reducer (a paper setting, e.g. B6-4-49); options/sweep override it",

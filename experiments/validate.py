@@ -12,6 +12,8 @@ from tokred.cli.args import POSITIVE_INT
 from tokred.registry import split_spec
 from tokred.training.config import TrainConfig
 
+from .schema import SWEEP_RECIPE_KEYS
+
 
 @cache
 def spec_for(model: str) -> BackboneSpec:
@@ -135,7 +137,7 @@ def check_recipe(recipe: dict, reducer: str, options: dict, model: str, frames: 
     frame pool smaller than train_frames, patch dropout with a reducer other than none, ...),
     before any trial runs instead of after the base model has trained.
     """
-    kw = {k: v for k, v in recipe.items() if k != "eval_batch_size"}
+    kw = {k: v for k, v in recipe.items() if k not in SWEEP_RECIPE_KEYS}
     try:
         POSITIVE_INT.check(recipe.get("eval_batch_size", 64), "eval_batch_size")
         TrainConfig(model=model, frames=frames, reducer=reducer, reducer_options=options, **kw)
