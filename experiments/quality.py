@@ -3,7 +3,9 @@
 Shared steps are cached in the sweep's output dir (``cache/data-*``, ``cache/base-*``): the
 synthetic benchmark is generated once and the base model (reducer ``none``) trained once; each
 trial then evaluates the base model with its reducer inserted (training-free) or fine-tunes it
-with the reducer first (``finetuned``). All library calls go through this file.
+with the reducer first (``finetuned``). A fine-tune's ``last.pt`` / ``model.pt`` (2.1 GB each
+for ViT-B/32) are deleted once it is evaluated unless its config keeps them
+(``keep_checkpoints``); the base model's cache stays. All library calls go through this file.
 """
 
 from __future__ import annotations
@@ -115,6 +117,8 @@ def quality_trial(s: dict, ctx) -> dict:
     split, meta, videos = _split(s, root, ctx, model.video.backbone.spec.image_size)
     res = evaluate(model, split, videos=videos, synth_meta=meta, frames=s["frames"],
                    batch_size=int((s.get("finetune") or s["base"]).get("eval_batch_size", 64)))
+    if s["mode"] == "finetuned":  # `run` is the fine-tune's directory, named by the trial id
+        res["checkpoint"] = _kept_or_deleted(run, run.name in ctx.keep)
     from .facts import reducer_diagnostics, training_facts, weights_facts
 
     res.update(reducer_diagnostics(model.reducer))  # before encoder_cost's extra forwards
@@ -126,6 +130,17 @@ def quality_trial(s: dict, ctx) -> dict:
     res.update(encoder_cost(model.video, videos))
     res.setdefault("trainable_params", 0)
     return res
+
+
+def _kept_or_deleted(run: Path, keep: bool) -> str | None:
+    """``model.pt`` of a fine-tune when ``keep``, else None after deleting it and ``last.pt``
+    (``train_log.jsonl`` stays: the loss curve is small)."""
+    if keep:
+        return str(run / "model.pt")
+    for name in ("last.pt", "model.pt"):
+        (run / name).unlink(missing_ok=True)
+    log.info("deleted the checkpoints of %s (keep_checkpoints: true keeps them)", run)
+    return None
 
 
 def _trial_dir(s: dict) -> str:

@@ -1,18 +1,15 @@
 """What one trial does: a thin layer over the library's cost and retrieval functions.
 
 ``run_trial(trial, ctx)`` returns the metrics dict of one trial; the runner adds settings,
-versions and status around it. A cost trial's metrics are the library's cost record
+provenance and status around it. A cost trial's metrics are the library's cost record
 (``tokred.cost.measure.measure``) unchanged, plus the reducer's diagnostics.
 """
 
 from __future__ import annotations
 
 import logging
-import platform
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -23,32 +20,17 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Context:
-    """What trials of one sweep share: the output dir (cache) and in-process model cache."""
+    """What trials of one sweep share: the output dir (cache), the in-process model cache and
+    the ids of the fine-tunes whose checkpoints are kept (``keep_checkpoints``)."""
 
     out: Path
     device: str = "cpu"
     models: dict = field(default_factory=dict)
+    keep: frozenset[str] = frozenset()
 
     @property
     def cache(self) -> Path:
         return self.out / "cache"
-
-
-def versions() -> dict[str, Any]:
-    """Software and machine facts recorded with every trial."""
-    import open_clip
-
-    import tokred
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, timeout=5, cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return {"tokred": tokred.__version__, "torch": torch.__version__,
-            "open_clip": open_clip.__version__, "python": platform.python_version(),
-            "git": commit, "host": platform.node(), "cpu": platform.processor() or
-            platform.machine(), "threads": torch.get_num_threads()}
 
 
 def run_trial(trial: Trial, ctx: Context) -> dict:
