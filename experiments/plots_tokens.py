@@ -1,4 +1,5 @@
-"""The token-provenance picture: which patches of one video each reducer keeps, merges or drops."""
+"""Token figures: how many tokens enter each layer per setting, and the token-provenance
+picture (which patches of one video each reducer keeps, merges or drops)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,26 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
+from .plot_labels import Label, place_labels, point_label, short_setting, write_key  # noqa: E402
+from .plot_style import (  # noqa: E402
+    integer_ticks,
+    legend_outside,
+    reducer_colours,
+    save,
+    scale_for,
+    styled,
+    variant_fmt,
+)
+from .plots_cost import backbones  # noqa: E402
+
+TOKENS_CAPTION = (
+    "Tokens per video entering attention at each layer (from the encoder's token trace), one "
+    "line per distinct schedule: settings that share one (CenterCLIP, pooling and sparse at "
+    "the same layer and segments, or both CenterCLIP algorithms) are one line, named in the "
+    "legend by every setting and labelled at the last layer; log axis when the counts span a "
+    "decade.")
 CAPTION = (
     "Token provenance on one SYNTHETIC video (scale model, {weights}; columns = the {frames} "
     "input frames). Every output token of the last block is drawn in its own colour over the "
@@ -22,6 +42,63 @@ CAPTION = (
     "site (the forward is unchanged), and the patch counts are checked against the reducer's "
     "own token sizes (check passed: {checks})."
 )
+
+
+def schedules(g: pd.DataFrame) -> list[list[pd.Series]]:
+    """The rows of ``g`` grouped by identical tokens-per-layer schedules, in table order
+    (CenterCLIP, pooling and sparse at one layer/segments setting share one)."""
+    groups: dict[tuple, list[pd.Series]] = {}
+    for _, row in g.iterrows():
+        groups.setdefault(tuple(row["attn_tokens"]), []).append(row)
+    return list(groups.values())
+
+
+@styled
+def tokens_figure(c: pd.DataFrame, path: Path) -> bool:
+    """Tokens per video entering attention at each layer: one line per distinct schedule,
+    named in the legend by every setting that has it and labelled at its last layer."""
+    c = c[c["attn_tokens"].map(len) > 0] if not c.empty else c
+    if c.empty:
+        return False
+    bbs = backbones(c)
+    colours = reducer_colours(c["reducer"])
+    fig, axes = plt.subplots(1, len(bbs), figsize=(10.5 * len(bbs), 5.0), squeeze=False)
+    labels = []
+    for ax, bb in zip(axes[0], bbs):
+        g = c[c["backbone"] == bb]
+        labels.append(_schedule_lines(ax, g, colours))
+        layers = max(len(t) for t in g["attn_tokens"])
+        ax.set_xticks(range(layers))
+        if not scale_for(ax, "y", [v for t in g["attn_tokens"] for v in t]):
+            integer_ticks(ax, "y")
+        ax.set_xlabel("layer (0-based)")
+        ax.set_ylabel("tokens per video entering attention")
+        ax.set_title(f"{bb}, {g['frames'].iloc[0]} frames")
+        ax.grid(alpha=0.3)
+        legend_outside(ax)
+    fig.tight_layout()
+    for ax, bb, found in zip(axes[0], bbs, labels):
+        every = [(i, v) for t in c.loc[c["backbone"] == bb, "attn_tokens"] for i, v in enumerate(t)]
+        write_key(ax, place_labels(ax, found, avoid=every))
+    save(fig, path)
+    return True
+
+
+def _schedule_lines(ax, g: pd.DataFrame, colours: dict) -> list[Label]:
+    """Draw each schedule of ``g`` (none underneath, wide and grey); returns end labels."""
+    labels, seen = [], {}
+    for rows in schedules(g):
+        red = rows[0]["reducer"]
+        tokens = rows[0]["attn_tokens"]
+        k = seen[red] = seen.get(red, -1) + 1
+        style = {"lw": 3.5, "alpha": 0.5, "zorder": 1} if red == "none" else {"lw": 1.5, "ms": 4}
+        names = [short_setting(r["reducer"], r["options"]) for r in rows]
+        ax.plot(range(len(tokens)), tokens, variant_fmt(k), color=colours[red],
+                label="\n= ".join(names), **style)
+        text = " / ".join(dict.fromkeys("none" if r["reducer"] == "none" else
+                                        point_label(r["reducer"], r["options"]) for r in rows))
+        labels.append(Label(len(tokens) - 1, tokens[-1], text, colours[red], " = ".join(names)))
+    return labels
 
 
 def token_colour(j: int) -> np.ndarray:
@@ -52,12 +129,12 @@ def paint(frames: np.ndarray, owner: np.ndarray, grid: int) -> np.ndarray:
 
 def _row_label(rec: dict) -> str:
     s, m = rec["settings"], rec["metrics"]
-    opts = textwrap.fill(" ".join(f"{k}={v}" for k, v in sorted(s["options"].items())), 24)
-    head = f"{s['reducer']}\n{opts}" if opts else s["reducer"]
+    head = textwrap.fill(short_setting(s["reducer"], s["options"]), 22)
     return (f"{head}\n{m['out_rows'] * m['out_tokens']} tokens out\n"
             f"{m['merged_tokens']} merged tokens\n{m['dropped']} patches dropped")
 
 
+@styled
 def provenance_figure(records: list[dict], path: Path, max_frames: int = 12) -> str:
     """Draw one row per provenance record; returns the figure caption."""
     from .provenance import synthetic_video
@@ -69,8 +146,8 @@ def provenance_figure(records: list[dict], path: Path, max_frames: int = 12) -> 
                                              str(r["settings"]["options"])))
     frames = records[0]["metrics"]["frames"]
     shown = min(frames, max_frames)
-    fig, axes = plt.subplots(len(records), shown, figsize=(0.95 * shown + 2.0,
-                                                           1.05 * len(records) + 0.35),
+    fig, axes = plt.subplots(len(records), shown, figsize=(1.0 * shown + 2.4,
+                                                           1.15 * len(records) + 0.4),
                              squeeze=False)
     for row, rec in zip(axes, records):
         m = rec["metrics"]
@@ -82,13 +159,12 @@ def provenance_figure(records: list[dict], path: Path, max_frames: int = 12) -> 
             ax.set_xticks([])
             ax.set_yticks([])
             if rec is records[0]:
-                ax.set_title(f"frame {f}", fontsize=7)
-        row[0].set_ylabel(_row_label(rec), rotation=0, ha="right", va="center", fontsize=7)
+                ax.set_title(f"frame {f}", fontsize=10)
+        row[0].set_ylabel(_row_label(rec), rotation=0, ha="right", va="center", fontsize=10)
     width = fig.get_figwidth()
-    fig.subplots_adjust(left=1.95 / width, right=0.995, top=1 - 0.3 / fig.get_figheight(),
-                        bottom=0.02, wspace=0.05, hspace=0.08)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig.subplots_adjust(left=2.35 / width, right=0.995, top=1 - 0.35 / fig.get_figheight(),
+                        bottom=0.02, wspace=0.05, hspace=0.1)
+    save(fig, path)
     weights = {r["settings"].get("weights", "random") for r in records}
     weights_text = "random weights" if weights == {"random"} else "trained base weights"
     checks = f"{sum(r['metrics']['size_check'] for r in records)}/{len(records)} reducers"

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pandas as pd
 
 from tokred.cost.record import SUSPECT_FACTOR, is_suspect
 
 from .published import option_defaults
+from .run_facts import known, protocol, run_facts
 
 DIRS = ("t2v", "v2t")
 RANK_COLS = [f"{d}_{m}" for d in DIRS for m in ("R@1", "R@5", "R@10", "MdR", "MnR")]
+# Three parameter counts, each named for what it counts (report.PARAMS_NOTE says why they
+# differ): every parameter of the model and reducer (what the cost section's memory
+# measurement trains), TempMe's LoRA recipe, and what a quality row's fine-tune really trained.
+PARAMS_ALL, PARAMS_LORA, PARAMS_TRAINED = "params (all)", "params (LoRA r=8)", "params trained"
+QUALITY_MEM = "act. MiB/video (training, full fine-tune)"
 
 
 def setting(reducer: str, options: dict) -> str:
@@ -53,7 +58,7 @@ def _timing(m: dict) -> dict:
 
 def speedup_text(row) -> str:
     """``1.31x [1.28, 1.35]``, flagged when suspect, or :data:`NOT_PAIRED` for an old record."""
-    if not _known(row.get("speed-up")):
+    if not known(row.get("speed-up")):
         return NOT_PAIRED
     text = f"{row['speed-up']:.2f}x [{row['speed-up low']:.2f}, {row['speed-up high']:.2f}]"
     if row["suspect"]:
@@ -63,7 +68,7 @@ def speedup_text(row) -> str:
 
 def rounds_text(row) -> str:
     """``5 (IQR)`` / ``2 (min-max)``: the rounds and what a speed-up's low/high are."""
-    if not _known(row.get("rounds")):
+    if not known(row.get("rounds")):
         return "-"
     return f"{int(row['rounds'])} ({row['speed-up spread']})"
 
@@ -84,8 +89,7 @@ def cost_frame(records: list[dict]) -> pd.DataFrame:
             "act. MiB/video": m.get("activation_mb_per_video_full", math.nan),
             **_timing(m),
             "fvcore GMACs": m.get("fvcore_gmacs", math.nan),
-            "trainable params": m.get("trainable_params", 0),
-            "trainable (LoRA)": m.get("trainable_params_lora"),
+            PARAMS_ALL: m.get("trainable_params", 0), PARAMS_LORA: m.get("trainable_params_lora"),
             "attn_tokens": m.get("attn_tokens", []),
             **spectral_cols(s, m),
         })
@@ -137,11 +141,13 @@ def quality_frame(records: list[dict]) -> pd.DataFrame:
                "reducer": s["reducer"], "options": s["options"],
                "setting": setting(s["reducer"], s["options"]),
                "label": "SYNTHETIC" if data == "synth" else "",
-               "MeM act. MiB/video": m.get("activation_mib", math.nan),
+               QUALITY_MEM: m.get("activation_mib", math.nan),
                "train peak RSS MiB": m.get("train_peak_rss_mib", math.nan),
                "ms/video": m.get("ms_per_video", math.nan), "videos/s": m.get("videos_per_s"),
                "GMACs": m.get("gmacs", math.nan), "tokens out": m.get("tokens_out"),
-               "trainable params": m.get("trainable_params"), "R-Sum": m.get("rsum"),
+               PARAMS_TRAINED: m.get("trainable_params"), "R-Sum": m.get("rsum"),
+               "recipe": (s.get("finetune") or {}).get("mode") if s["mode"] == "finetuned"
+               else None,
                "twin acc.": m.get("twin_accuracy"), "train s": m.get("train_s")}
         for c in RANK_COLS:
             row[c] = m.get(c)
@@ -209,124 +215,14 @@ def spectral_cols(s: dict, m: dict) -> dict:
 def spectral_note(row) -> str:
     """One line on the spectral affinity graphs of a row (empty graphs: positional choice)."""
     n, total = row.get("spectral empty"), row.get("spectral segments")
-    if not _known(total):
+    if not known(total):
         return "spectral graph counts not recorded (the trial ran before they were counted)"
-    n, total = int(n) if _known(n) else 0, int(total)
+    n, total = int(n) if known(n) else 0, int(total)
     if n:
         k = row.get("spectral k") or "k"
         return (f"spectral graph empty in {n:,} of {total:,} segments: the selection is "
                 f"positional (the first {k} tokens of each segment)")
     return f"spectral graph non-empty in all {total:,} segments"
-
-
-def _known(v) -> bool:
-    return v is not None and not (isinstance(v, float) and math.isnan(v))
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n:,} {word}{'' if n == 1 else 's'}"
-
-
-# What the published MSR-VTT rows were run with (CenterCLIP Table 3b: MSR-VTT 1k-A test, 9k
-# training split, 12 frames, 5 epochs from the OpenAI CLIP weights); a row is "as published"
-# only when its record shows the same.
-PROTOCOL = {"msrvtt": {"test_captions": 1000, "frames": 12, "epochs": 5.0, "train_videos": 9000}}
-
-
-def run_facts(s: dict, m: dict) -> dict:
-    """What a quality trial ran, from its record: weights, test size, frames, training."""
-    base = m.get("base_train") or {}
-    kind = m.get("weights_kind") or ("file" if s.get("weights") else "scratch")
-    name = m.get("weights_file") or (Path(s["weights"]).name if s.get("weights") else None)
-    return {"weights kind": kind, "weights file": name,
-            "weights sha": (m.get("weights_sha256") or "")[:8] or None,
-            "weights release": m.get("weights_release"),
-            "test captions": m.get("num_captions"), "test videos": m.get("num_videos"),
-            "chance t2v R@1": m.get("chance_R@1"), "frames": m.get("frames", s.get("frames")),
-            "base total steps": base.get("total_steps"), "base epochs": m.get("base_epochs"),
-            "train videos": m.get("train_videos"), "train steps": m.get("train_steps"),
-            "train epochs": m.get("train_epochs"), "recipe epochs": m.get("recipe_epochs"),
-            "recipe steps": m.get("recipe_steps")}
-
-
-def weights_text(row) -> str:
-    """``ViT-B-32.pt (sha256 40d36571, open_clip ViT-B-32/openai)`` / trained here / random."""
-    kind = row.get("weights kind")
-    if kind == "random":
-        return "random (untrained)"
-    if kind == "scratch":
-        steps, ep, n = row.get("base steps"), row.get("base epochs"), row.get("train videos")
-        if not _known(steps):
-            return f"{row['model']} trained from scratch here (steps not recorded)"
-        return (f"{row['model']} trained from scratch here ({_plural(int(steps), 'step')}"
-                + (f", {ep:.2f} epochs" if _known(ep) else "")
-                + (f" of {_plural(int(n), 'video')}" if _known(ep) and _known(n) else "") + ")")
-    if kind == "tag":
-        return f"open_clip pretrained tag {row.get('weights file')}"
-    sha, rel = row.get("weights sha"), row.get("weights release")
-    return (f"{row.get('weights file')} (" + (f"sha256 {sha}" if _known(sha) else
-                                              "hash not recorded")
-            + (f", the open_clip {rel} release file" if _known(rel) else "") + ")")
-
-
-def test_text(row) -> str:
-    """``1,000 test captions / 1,000 test videos, chance t2v R@1 0.10 %``."""
-    caps, vids = row.get("test captions"), row.get("test videos")
-    if not (_known(vids) and _known(caps)):
-        return "test size not recorded"
-    chance = row.get("chance t2v R@1")
-    chance = chance if _known(chance) else 100.0 / int(vids)
-    return (f"{_plural(int(caps), 'test caption')}, {_plural(int(vids), 'test video')} (chance "
-            f"t2v R@1 = 1/{int(vids):,} = {chance:.2f} %)")
-
-
-def training_text(row) -> str:
-    """The training a row's numbers come after (never a recipe's plan, only what ran)."""
-    if row.get("mode") != "finetuned":
-        return "none: the reducer is inserted into the weights above"
-    steps = row.get("train steps")
-    if not _known(steps):
-        return "fine-tune (steps not recorded)"
-    ep, n = row.get("train epochs"), row.get("train videos")
-    text = f"fine-tune {_plural(int(steps), 'step')}"
-    if _known(ep):
-        text += f" ({ep:.2f} epochs" + (f" of {_plural(int(n), 'video')}" if _known(n) else "") + ")"
-    plan = row.get("recipe epochs")
-    if _known(plan):
-        text += f", recipe {plan:g} epochs"
-    elif _known(row.get("recipe steps")):
-        text += f", recipe max_steps {int(row['recipe steps'])}"
-    return text
-
-
-def protocol(row) -> str:
-    """``as published`` or ``not comparable: <why>`` against the papers' MSR-VTT protocol."""
-    ref = PROTOCOL.get(row.get("data"))
-    if ref is None:
-        return "not comparable: " + ("synthetic data" if row.get("data") == "synth"
-                                     else f"no published protocol for {row.get('data')}")
-    why = []
-    kind = row.get("weights kind")
-    if kind == "random":
-        why.append("random weights")
-    elif kind == "scratch":
-        why.append("weights trained from scratch here, not CLIP")
-    caps = row.get("test captions")
-    if not _known(caps):
-        why.append("test size not recorded")
-    elif int(caps) != ref["test_captions"]:
-        why.append(f"{int(caps):,} test captions, not {ref['test_captions']:,}")
-    if _known(row.get("frames")) and int(row["frames"]) != ref["frames"]:
-        why.append(f"{int(row['frames'])} frames, not {ref['frames']}")
-    if row.get("mode") == "finetuned":
-        ep, n = row.get("train epochs"), row.get("train videos")
-        if not _known(ep):
-            why.append("training length not recorded")
-        elif ep < ref["epochs"] - 1e-6:
-            why.append(f"fine-tuned {ep:.2f} epochs, not {ref['epochs']:g}")
-        if _known(n) and int(n) != ref["train_videos"]:
-            why.append(f"{int(n):,} training videos, not {ref['train_videos']:,}")
-    return "as published" if not why else "not comparable: " + "; ".join(why)
 
 
 def to_markdown(df: pd.DataFrame, floatfmt: str = ".2f") -> str:

@@ -9,8 +9,10 @@ from tokred_experiments.plots import pareto_front
 from tokred_experiments.provenance import ProvenanceRecorder, destinations, provenance
 from tokred_experiments.published import load_published
 from tokred_experiments.records import append_record
-from tokred_experiments.report import QUALITY_COLS, _published_cost, write_report
-from tokred_experiments.tables import cost_frame, quality_frame
+from tokred_experiments.report import write_report
+from tokred_experiments.report_cost import published_cost
+from tokred_experiments.report_quality import QUALITY_COLS
+from tokred_experiments.tables import PARAMS_TRAINED, cost_frame, quality_frame
 
 from tokred import create_reducer
 from tokred.cost.record import compare, speed_fields
@@ -92,7 +94,7 @@ def test_published_numbers_match_by_setting_with_defaults():
                      cost_rec(1, "centerclip", {"segments": 4}, 35.7, 3.0),
                      cost_rec(2, "centerclip", {"segments": 4, "algorithm": "spectral"}, 36, 1.0),
                      cost_rec(3, "centerclip", {"segments": 6}, 40.0, 2.0)])
-    got = {r["setting"]: _published_cost(pubs, r) for _, r in df.iterrows()}
+    got = {r["setting"]: published_cost(pubs, r) for _, r in df.iterrows()}
     assert got["centerclip segments=4"] == (f"{100 * 15.0 / 20.8:.0f} %", f"{24.4 / 22.9:.2f}x")
     assert got["centerclip algorithm=spectral segments=4"] == (
         f"{100 * 14.9 / 20.8:.0f} %", f"{24.4 / 40.8:.2f}x")
@@ -204,7 +206,7 @@ def test_published_rows_beside_matching_msrvtt_results(tmp_path):
     assert settings == ["none", "published: CLIP4Clip meanP (B/32)", "centerclip segments=4",
                         "published: k-medoids++ B6-4;49", "centerclip segments=6"]
     pub = rows[3].split(" | ")
-    assert pub[2] == "15.0 GB (V100)" and pub[4] == "43.60"  # MeM and t2v R@1 of Table 3b
+    assert pub[2] == "MeM 15.0 GB (V100)" and pub[4] == "43.60"  # MeM and t2v R@1 of Table 3b
     assert "SYNTHETIC" not in "\n".join(rows)
 
 
@@ -283,7 +285,7 @@ def test_quality_heading_names_weights_test_set_frames_and_training(tmp_path):
     assert rows["none"][-1] == "as published |"
     assert rows["tempme cross=0.3"][-1] == "not comparable: fine-tuned 0.50 epochs, not 5 |"
     pub = rows["published: TempMe (LoRA; parameter count only)"]
-    assert pub[QUALITY_COLS.index("trainable params")] == "507,648"
+    assert pub[QUALITY_COLS.index(PARAMS_TRAINED)] == "507,648"
     assert pub[-1] == "published (tempme-abstract) |"
     assert "**Random weights**" not in text and "**At chance level**" not in text
 
