@@ -136,7 +136,8 @@ def provenance_lines(records: list[dict]) -> list[str]:
     if any(plugins):
         rows.append(("plugin files", _counted([p or "none" for p in plugins])))
     table = to_markdown(pd.DataFrame(rows, columns=["provenance", "over all records"]))
-    return ["What the records ran on and with (per record: `provenance` in results.jsonl):", "",
+    return ["What the records ran on and with (each record's own in results.jsonl: "
+            "`provenance`, or `versions` in older records):", "",
             table, "", *warning_lines(records)]
 
 
