@@ -78,26 +78,28 @@ def place_labels(ax, labels: list[Label], avoid=(), bars=()) -> list[str]:
     """Annotate every point of ``labels`` on ``ax`` without overlaps.
 
     Call it once the figure's layout is final (after ``tight_layout``): positions are
-    computed in pixels. Each label takes the first place of :data:`OFFSETS` inside the axes
-    that overlaps no label placed before it, no marker (the labelled points and the ``avoid``
-    points) and no error bar (``bars``: ``(x, low, high)``), all in data coordinates; failing
-    that the point gets a number (placed the same way) and its text goes to the returned key.
+    computed in pixels. Each label takes the first place (:data:`OFFSETS`, then :data:`FAR`)
+    inside the axes that overlaps no label placed before it, no marker (the labelled points
+    and the ``avoid`` points) and no error bar (``bars``: ``(x, low, high)``), all in data
+    coordinates; a label may cross error bars when nothing else is left; failing that the
+    point gets a number (placed the same way) and its text goes to the returned key.
 
     Returns:
         The key lines, ``["1 tome r=2", ...]`` (empty when every label found a place).
     """
-    fig = ax.figure
-    renderer = fig.canvas.get_renderer()
+    renderer = ax.figure.canvas.get_renderer()
     points = [(lab.x, lab.y) for lab in labels] + list(avoid)
     taken = [_box(ax, x, y, y, MARKER_PX) for x, y in points]
-    taken += [_box(ax, x, low, high, 2.0) for x, low, high in bars if low < high]
+    bar_boxes = [_box(ax, x, low, high, 2.0) for x, low, high in bars if low < high]
     frame = ax.get_window_extent(renderer)
     key: list[str] = []
     for lab in labels:
-        if _place(ax, lab, lab.text, renderer, taken, frame, force=False):
+        if any(_place(ax, lab, lab.text, renderer, taken, extra, frame)
+               for extra in (bar_boxes, [])):
             continue
         key.append(f"{len(key) + 1} {lab.key or lab.text}")
-        _place(ax, lab, str(len(key)), renderer, taken, frame, force=True)
+        if not _place(ax, lab, str(len(key)), renderer, taken, [], frame):
+            _annotate(ax, str(len(key)), lab, *OFFSETS[0])  # overlapping beats missing
     return key
 
 
@@ -120,22 +122,20 @@ def _annotate(ax, text: str, lab: Label, dx: float, dy: float, ha: str, va: str,
                              "alpha": 0.75})
 
 
-def _place(ax, lab: Label, text: str, renderer, taken: list[Bbox], frame: Bbox,
-           force: bool) -> bool:
-    """Put ``text`` at the first free offset; with ``force`` at the first offset regardless."""
-    places = [(*o, False) for o in OFFSETS] + ([(*o, True) for o in FAR] if not force else [])
-    for dx, dy, ha, va, leader in places:
+def _place(ax, lab: Label, text: str, renderer, taken: list[Bbox], extra: list[Bbox],
+           frame: Bbox) -> bool:
+    """Put ``text`` at the first place clear of ``taken`` and ``extra`` (its box then joins
+    ``taken``); False, and nothing drawn, when there is none."""
+    for dx, dy, ha, va, leader in [(*o, False) for o in OFFSETS] + [(*o, True) for o in FAR]:
         ann = _annotate(ax, text, lab, dx, dy, ha, va, leader)
         ann.update_positions(renderer)
         box = Text.get_window_extent(ann, renderer)  # the text alone, not its leader line
         inside = frame.containsx(box.x0) and frame.containsx(box.x1) and \
             frame.containsy(box.y0) and frame.containsy(box.y1)
-        if inside and not any(box.overlaps(t) for t in taken):
+        if inside and not any(box.overlaps(t) for t in taken + extra):
             taken.append(box)
             return True
         ann.remove()
-    if force:
-        _annotate(ax, text, lab, *OFFSETS[0])
     return False
 
 
