@@ -20,7 +20,7 @@ from .tables import (
     to_markdown,
 )
 
-COST_COLS = ["setting", "preset", "weights", "GMACs", "fvcore GMACs", "GMACs %", "reducer GMACs",
+COST_COLS = ["setting", "preset", "weights", "activation", "GMACs", "fvcore GMACs", "GMACs %", "reducer GMACs",
              "tokens out", "act. MiB/video", "memory %", "speed-up [low, high]", "rounds", "ideal",
              "videos/s", "ms/video", PARAMS_ALL, PARAMS_LORA]
 SPEED_NOTE = (
@@ -72,6 +72,9 @@ def cost_section(df: pd.DataFrame, pubs: list[dict],
              "backbones (**random weights**). " + GMACS_NOTE + " Memory = activations one video "
              "keeps for backward in a full fine-tuning step (MiB, counted from the tensors "
              "autograd saves, so device-independent); GMACs, tokens and memory are exact. "
+             "'activation' is the MLP activation of the measured network: QuickGELU for the "
+             "architectures OpenAI published (the papers' CLIP networks, whose QuickGELU keeps "
+             "one more tensor for backward than GELU), GELU for the scale models. "
              + SPEED_NOTE.format(factor=SUSPECT_FACTOR, not_paired=NOT_PAIRED) + " "
              "'paper' columns: the published MSR-VTT ratio to the baseline for the same "
              "setting (training GPU memory and inference speed on V100), where one exists.",

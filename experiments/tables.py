@@ -85,6 +85,7 @@ def cost_frame(records: list[dict]) -> pd.DataFrame:
             "id": r["id"], "backbone": s["backbone"], "weights": s.get("weights", "random"),
             "frames": s["frames"], "reducer": s["reducer"], "options": s["options"],
             "setting": setting(s["reducer"], s["options"]), "GMACs": m["gmacs"],
+            "activation": m.get("activation", "not recorded"),
             "reducer GMACs": m.get("reducer_work_gmacs", 0.0), "tokens out": m["tokens_out"],
             "act. MiB/video": m.get("activation_mb_per_video_full", math.nan),
             **_timing(m),

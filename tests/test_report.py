@@ -378,3 +378,14 @@ def test_weights_facts_hash_and_release(tmp_path):
     assert weights_facts(None) == {"weights_kind": "scratch"}
     assert weights_facts("random") == {"weights_kind": "random"}
     assert weights_facts("openai")["weights_kind"] == "tag"
+
+
+def test_cost_rows_name_their_mlp_activation(tmp_path):
+    a, b = cost_rec(0, "none", {}, 52.9, 2.0), cost_rec(1, "tome", {"r": 2}, 40.1, 2.6)
+    a["metrics"]["activation"], b["metrics"]["activation"] = "quick_gelu", "quick_gelu"
+    for r in (a, b):
+        append_record(tmp_path / "results.jsonl", r)
+    text = write_report([tmp_path], tmp_path / "report").read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| setting | preset"))
+    assert "| activation |" in header
+    assert text.count("| quick_gelu |") == 2 and "QuickGELU for the" in text
