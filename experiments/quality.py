@@ -10,17 +10,18 @@ for ViT-B/32) are deleted once it is evaluated unless its config keeps them
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .cache import DONE, cached_step
+from .cache import cached_step, step_result
+from .schema import SWEEP_RECIPE_KEYS
 
 log = logging.getLogger(__name__)
+
 
 def data_dir(data: dict, ctx) -> Path:
     """The dataset directory: MSR-VTT root as given, or the synthetic benchmark (cached)."""
@@ -39,10 +40,19 @@ def data_dir(data: dict, ctx) -> Path:
 def _train_config(settings: dict, recipe: dict, root: Path, out: Path, **kw):
     from tokred.training import TrainConfig
 
-    recipe = {k: v for k, v in recipe.items() if k != "eval_batch_size"}
+    recipe = {k: v for k, v in recipe.items() if k not in SWEEP_RECIPE_KEYS}
     return TrainConfig(data="msrvtt", root=str(root), split="train", out=str(out),
                        model=settings["model"], frames=settings["frames"],
                        seed=settings.get("seed", 0), **{**recipe, **kw})
+
+
+def base_key(s: dict) -> dict:
+    """What the base model of quality settings ``s`` depends on: its cache key (for
+    :func:`base_checkpoint`), also the ``base_of`` of provenance trials run on it. Seed 0 is not
+    written, so the keys cached before the seed was part of them stay valid."""
+    return {"model": s["model"], "weights": s.get("weights"), "frames": s["frames"],
+            "data": s["data"], "base": s.get("base") or {},
+            **({"seed": s["seed"]} if s.get("seed") else {})}
 
 
 def base_checkpoint(key: dict, ctx) -> Path:
@@ -70,7 +80,7 @@ def base_checkpoint(key: dict, ctx) -> Path:
 
 def base_stats(step_dir: Path) -> dict:
     """Steps, wall time and final loss of the cached base training (from its step.json)."""
-    result = json.loads((step_dir / DONE).read_text()).get("result") or {}
+    result = step_result(step_dir) or {}
     return {k: result.get(k) for k in ("steps", "total_steps", "wall_s", "loss", "stopped")}
 
 
@@ -93,10 +103,7 @@ def quality_trial(s: dict, ctx) -> dict:
     from tokred.retrieval import build_model
     from tokred.retrieval.evaluate import evaluate, load_model
 
-    key = {"model": s["model"], "weights": s.get("weights"), "frames": s["frames"],
-           "data": s["data"], "base": s["base"],
-           **({"seed": s["seed"]} if s.get("seed") else {})}  # seed 0: the keys cached so far
-    base = base_checkpoint(key, ctx)
+    base = base_checkpoint(base_key(s), ctx)
     root = data_dir(s["data"], ctx)
     extra: dict[str, Any] = {}
     if s["mode"] == "finetuned":
@@ -108,7 +115,8 @@ def quality_trial(s: dict, ctx) -> dict:
         stats = train(cfg)
         extra = {"train_s": stats.get("wall_s"), "train_steps": stats.get("steps"),
                  "train_loss": stats.get("loss"),
-                 "trainable_params": stats.get("trainable_params", _trainable(cfg))}
+                 "trainable_params": (stats["trainable_params"] if "trainable_params" in stats
+                                      else _trainable(cfg))}
         model = load_model(stats["checkpoint"])
     elif s.get("weights"):
         model = build_model(s["model"], s["reducer"], s["options"], s["frames"], s["weights"]).eval()
@@ -149,11 +157,24 @@ def _trial_dir(s: dict) -> str:
     return trial_id(s)
 
 
+_TRAINABLE: dict[str, int] = {}  # one count per architecture and recipe in a sweep process
+
+
 def _trainable(cfg) -> int:
+    """Parameters a fine-tune of ``cfg`` trains (``tokred.training.train`` does not return
+    them): the model built as for training, without reading any weights (the count depends on
+    the architecture, the reducer and the recipe's mode only), once per such setting."""
     from tokred.training.build import build_for_training
 
-    model = build_for_training(cfg, "cpu")
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    from .records import trial_id
+
+    key = trial_id({k: getattr(cfg, k) for k in ("model", "reducer", "reducer_options",
+                                                 "frames", "max_words", "mode", "lora_rank",
+                                                 "freeze_logit_scale")})
+    if key not in _TRAINABLE:
+        model = build_for_training(replace(cfg, pretrained=None, init=None), "cpu")
+        _TRAINABLE[key] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return _TRAINABLE[key]
 
 
 def encoder_cost(enc, videos: torch.Tensor, batch: int = 4, rounds: int = 5) -> dict:
