@@ -38,6 +38,7 @@ from .validate import (
 )
 from .yamlconf import ConfigError, Located
 
+DEFAULT_MODEL = "scale-B32"  # of the quality and provenance sections
 
 def reducer_points(loc: Located, where: tuple) -> list[tuple[str, dict, str]]:
     """Expand ``reducers`` at ``where`` into ``(name, options, file:line)`` points."""
@@ -66,6 +67,10 @@ def reducer_entries(loc: Located, where: tuple) -> list[tuple[str, dict, str, di
         name, preset = resolve_preset(entry["name"], entry.get("preset"),
                                       loc.where(*at, "preset" if "preset" in entry else "name"),
                                       ConfigError)
+        for part, example in (("options", "options: {r: 2}"), ("sweep", "sweep: {r: [2, 3]}")):
+            if not isinstance(entry.get(part) or {}, dict):
+                raise ConfigError(f"{loc.where(*at, part)}: '{part}' of a reducer entry must be a "
+                                  f"mapping such as {example}, got {entry[part]!r}")
         fixed = {**preset, **(entry.get("options") or {})}
         sweep = entry.get("sweep") or {}
         for key, values in sweep.items():
@@ -136,9 +141,22 @@ def _cost_base(loc: Located, at: tuple, run: dict, merged: dict) -> dict:
         "batch_sizes": [_number(loc, where("batch_sizes"), b, POSITIVE_INT) for b in sizes],
         "repeats": _number(loc, where("repeats"), merged.get("repeats", 3), POSITIVE_INT),
         "warmup": _number(loc, where("warmup"), merged.get("warmup", 1), NONNEG_INT),
-        "memory": bool(merged.get("memory", True)),
-        "fvcore": bool(merged.get("fvcore", True)),
+        "memory": _flag(loc, where("memory"), merged.get("memory", True)),
+        "fvcore": _flag(loc, where("fvcore"), merged.get("fvcore", True)),
+        # only when set, so existing trial ids do not change
+        **({"clock": _clock(loc, where("clock"), merged["clock"])} if "clock" in merged else {}),
     }
+
+
+def _clock(loc: Located, where: tuple, value: Any) -> str:
+    """``value`` as one of :data:`tokred.cost.measure.CLOCKS`, or a :class:`ConfigError`."""
+    from tokred.cost.measure import CLOCKS
+
+    if not isinstance(value, str) or value not in CLOCKS:
+        raise ConfigError(f"{loc.where(*where)}: clock must be one of {sorted(CLOCKS)} (wall: "
+                          f"elapsed time; cpu: process CPU time, for 1-thread runs on a shared "
+                          f"machine), got {value!r}")
+    return value
 
 
 def cost_trials(loc: Located) -> list[Trial]:
@@ -154,8 +172,6 @@ def cost_trials(loc: Located) -> list[Trial]:
             raise ConfigError(f"{loc.where(*at)}: a cost run needs 'backbone' (e.g. ViT-B-32)")
         merged = {**{k: v for k, v in defaults.items() if k in RUN_KEYS}, **run}
         base = _cost_base(loc, at, run, merged)
-        if "clock" in merged:  # only when set, so existing trial ids do not change
-            base["clock"] = str(merged["clock"])
         where = at + ("reducers",) if "reducers" in run else ("cost", "reducers")
         for name, options, line in reducer_points(loc, where):
             check_reducer(name, options, base["backbone"], base["frames"], line, ConfigError)
@@ -184,7 +200,7 @@ def quality_trials(loc: Located, preflight: bool = True) -> tuple[list[Trial], s
     keep_all = _flag(loc, ("quality", "keep_checkpoints"), sec.get("keep_checkpoints", False))
     check_data_paths(loc, sec, ConfigError, files=preflight)
     modes = _modes(loc, ("quality", "modes"), sec.get("modes", list(MODES)))
-    model = sec.get("model", "scale-B32")
+    model = sec.get("model", DEFAULT_MODEL)
     frames = _number(loc, ("quality", "frames"), sec.get("frames", 12), POSITIVE_INT)
     if not sec.get("weights"):
         check_recipe(sec.get("base") or {}, "none", {}, model, frames,
@@ -274,33 +290,49 @@ def _recipe_line(loc: Located, section: tuple, entry: tuple, own: dict | None = 
 
 
 def provenance_trials(loc: Located, cost_only: bool) -> list[Trial]:
+    """The provenance trials. ``weights: base`` runs the quality section's base model (the one
+    its trials use, trained at the quality section's frames); the pictures keep the provenance
+    section's own frames, and its model must be the quality section's."""
     sec = _section(loc, "provenance", PROVENANCE_KEYS)
     if sec is None or (cost_only and sec.get("weights") == "base"):
         return []
-    model = sec.get("model", "scale-B32")
+    model = sec.get("model", DEFAULT_MODEL)
     frames = _number(loc, ("provenance", "frames"), sec.get("frames", 12), POSITIVE_INT)
     weights = sec.get("weights", "random")
     if weights not in ("random", "base"):
         raise ConfigError(f"{loc.where('provenance', 'weights')}: weights must be 'random' or "
                           f"'base' (the quality section's trained base model), got {weights!r}")
-    if weights == "base" and "quality" not in loc.data:
-        raise ConfigError(f"{loc.where('provenance', 'weights')}: weights: base needs a quality "
-                          f"section (its base model); use weights: random")
+    base_of = _quality_base(loc, sec, model) if weights == "base" else None
     trials = []
     for name, options, line in reducer_points(loc, ("provenance", "reducers")):
         check_reducer(name, options, model, frames, line, ConfigError)
         settings = {"model": model, "frames": frames, "weights": weights,
                     "reducer": name, "options": options}
-        if weights == "base":
-            settings["base_of"] = _quality_base_key(loc.data["quality"], model, frames,
-                                                    seed_of(loc))
+        if base_of is not None:
+            settings["base_of"] = base_of
         trials.append(make_trial("provenance", settings))
     return trials
 
 
-def _quality_base_key(q: dict, model: str, frames: int, seed: int) -> dict:
-    """What the quality section's base model depends on (its cache key, as
-    ``quality.quality_trial`` builds it from a trial's settings)."""
-    return {"model": model, "weights": q.get("weights"), "frames": frames,
-            "data": _seeded_data(q.get("data") or {}, seed), "base": q.get("base") or {},
-            **({"seed": seed} if seed else {})}
+def _quality_base(loc: Located, sec: dict, model: str) -> dict:
+    """The cache key of the quality section's base model (:func:`.quality.base_key`, as its
+    trials build it), for provenance ``weights: base`` on ``model``."""
+    from .quality import base_key
+
+    if "quality" not in loc.data:
+        raise ConfigError(f"{loc.where('provenance', 'weights')}: weights: base needs a quality "
+                          f"section (its base model); use weights: random")
+    q = loc.data["quality"]
+    q_model = q.get("model", DEFAULT_MODEL)
+    if model != q_model:
+        at = ("provenance", "model") if "model" in sec else ("provenance", "weights")
+        raise ConfigError(f"{loc.where(*at)}: weights: base runs the quality section's base "
+                          f"model, a {q_model}, but the provenance model is {model}; set "
+                          f"provenance.model: {q_model}, or use weights: random for a "
+                          f"{model} with random weights")
+    seed = seed_of(loc)
+    return base_key({"model": q_model, "weights": q.get("weights"),
+                     "frames": _number(loc, ("quality", "frames"), q.get("frames", 12),
+                                       POSITIVE_INT),
+                     "data": _seeded_data(q.get("data") or {}, seed),
+                     "base": q.get("base") or {}, "seed": seed})
