@@ -15,6 +15,8 @@ from typing import Callable
 
 LOG_NAME = "sweep.log"
 FORMAT = "%(asctime)s [pid %(process)d] %(levelname)s %(name)s: %(message)s"
+# The library's, the built-in reducers' (CenterCLIP's spectral warnings) and this package's.
+LOGGERS = ("tokred", "tokred_methods", __name__.split(".")[0])
 log = logging.getLogger(__name__)
 Note = Callable[..., None]
 
@@ -23,16 +25,17 @@ Note = Callable[..., None]
 def sweep_log(out: Path, provenance: dict) -> Iterator[Note]:
     """Append this run's log to ``out/sweep.log`` while the block runs.
 
-    INFO and above from tokred's loggers and this application's are written with timestamps
-    and the process id (shards of one sweep share the file), after a ``start:`` line (the
-    command line) and a ``provenance:`` line (JSON). Yields ``note(text, show=True)``: write
+    INFO and above from the :data:`LOGGERS` (tokred's, its built-in reducers' and this
+    application's) are written with timestamps and the process id (shards of one sweep share
+    the file), after a ``start:`` line (the command line) and a ``provenance:`` line (JSON).
+    Yields ``note(text, show=True)``: write
     ``text`` to the log and, with ``show``, print it (it does not pass through the console's
     log handler, so it is not shown twice).
     """
     handler = logging.FileHandler(Path(out) / LOG_NAME, mode="a", encoding="utf-8")
     handler.setFormatter(logging.Formatter(FORMAT))
     handler.setLevel(logging.INFO)
-    loggers = [logging.getLogger(name) for name in ("tokred", __name__.split(".")[0])]
+    loggers = [logging.getLogger(name) for name in LOGGERS]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.addHandler(handler)

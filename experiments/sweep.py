@@ -43,7 +43,7 @@ from .records import append_record, load_results, merge_files
 from .runlog import Note, sweep_log
 from .trial import Trial
 
-log = logging.getLogger("tokred_experiments.sweep")
+log = logging.getLogger(__name__)  # under the package logger runlog.sweep_log captures
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:

@@ -116,3 +116,18 @@ def test_cost_clock_is_kept_when_valid(tmp_path):
     text = COST.replace("  warmup: 0\n", "  warmup: 0\n  clock: cpu\n")
     assert {t.settings["clock"] for t in load_config(write(tmp_path, text)).trials} == {"cpu"}
     assert all("clock" not in t.settings for t in load_config(write(tmp_path, COST)).trials)
+
+
+# 4: the sweep log has the reducers' warnings --------------------------------------------------
+
+def test_sweep_log_has_the_methods_loggers(tmp_path):
+    import logging
+
+    from tokred_experiments.runlog import LOG_NAME, sweep_log
+
+    with sweep_log(tmp_path, {"command": "tokred sweep"}):
+        logging.getLogger("tokred_methods.centerclip").warning("empty spectral graph")
+        logging.getLogger("tokred_experiments.sweep").info("trial done")
+    text = (tmp_path / LOG_NAME).read_text()
+    assert "tokred_methods.centerclip: empty spectral graph" in text
+    assert "tokred_experiments.sweep: trial done" in text
