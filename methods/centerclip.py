@@ -94,7 +94,7 @@ class CenterCLIP(SegmentReducer):
         - Several clustering layers take one ``layer`` list with per-layer ``segments``/``k``
           lists (the official code configures them through per-block argparse lists).
         - Not implemented: the official ``aggregation`` (mean of each cluster instead of its
-          medoid), ``pre_norm``, cluster/frame embeddings and the spatio-temporal graph mask.
+          medoid), cluster/frame embeddings and the spatio-temporal graph mask.
     """
 
     name = "centerclip"
@@ -178,7 +178,10 @@ class CenterCLIP(SegmentReducer):
         try:  # [B*S, K], selected under no_grad
             medoids = self.select(points, step.k, join, step.segments, layer)
         except ValueError as err:
-            raise _name_videos(err, s, step) from err
+            named = _name_videos(err, s, step)
+            if named is None:
+                raise
+            raise named from err
         x = torch.cat([cls, keep_tokens(points, medoids)], dim=1)  # [B*S, p + K, C]
         size = x.new_ones(x.shape[0], x.shape[1], 1)
         return s.replace(x=x, size=size, groups=step.segments)
@@ -266,11 +269,12 @@ class CenterCLIP(SegmentReducer):
         return f"{super().extra_repr()}, algorithm={self.algorithm!r}, distance={self.distance!r}"
 
 
-def _name_videos(err: ValueError, s: TokenState, step: SegmentStep) -> ValueError:
-    """Say which videos a non-finite-points error came from (rows are video-major)."""
+def _name_videos(err: ValueError, s: TokenState, step: SegmentStep) -> ValueError | None:
+    """Say which videos a non-finite-points error came from (rows are video-major); None for
+    any other error (re-raised as it is)."""
     msg = str(err)
     if "NaN or inf" not in msg:
-        return err
+        return None
     bad = sorted({i // step.segments for i in _bad_rows(s, step)})
     return ValueError(f"centerclip: video(s) {bad} of the batch have NaN or inf tokens at the "
                       f"input of block {step.layer} (check those videos' frames); {msg}")

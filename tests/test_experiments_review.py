@@ -131,3 +131,27 @@ def test_sweep_log_has_the_methods_loggers(tmp_path):
     text = (tmp_path / LOG_NAME).read_text()
     assert "tokred_methods.centerclip: empty spectral graph" in text
     assert "tokred_experiments.sweep: trial done" in text
+
+
+# 16: CenterCLIP re-raises a clustering error that names no video as it was --------------------
+
+def test_centerclip_reraises_other_errors_without_making_them_their_own_cause(monkeypatch):
+    import torch
+    from tokred_methods.centerclip import CenterCLIP
+
+    from tokred import TokenState
+    from tokred.spec import BackboneSpec
+
+    red = CenterCLIP(segments=4, k=10)
+    red.setup(BackboneSpec("ViT-B-32", 768, 12, 12, 3072, 32, 224, 7, frames=12))
+    boom = ValueError("clustering failed")
+
+    def fail(*args, **kwargs):
+        raise boom
+
+    monkeypatch.setattr(red, "select", fail)
+    s = TokenState.start(torch.randn(12, 50, 16), 12)
+    with pytest.raises(ValueError) as err:
+        red.pre_block(s, 6)
+    assert err.value is boom
+    assert err.value.__cause__ is None
