@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 from tokred import BackboneSpec, create_reducer, list_reducers, resolve_options
@@ -191,27 +191,28 @@ def check_data_files(loc: Any, sec: dict, splits: list[str], error: type[Excepti
     data = sec.get("data") or {}
     if data.get("kind", "synth") != "msrvtt":
         return
-    from tokred.data import load_split
+    from tokred.data import check_files, load_split
 
     root = data["root"]
     where = loc.where("quality", "data", "root")
     hint = "; or run only the cost part with --cost-only"
     for split in dict.fromkeys(splits):
         try:
-            items = load_split("msrvtt", root, split).videos
+            loaded = load_split("msrvtt", root, split)
         except (FileNotFoundError, ValueError, KeyError, OSError) as err:
             raise error(f"{where}: the MSR-VTT {split} split under {root!r} cannot be read: "
                         f"{err}; MSR-VTT needs the CLIP4Clip annotation files "
                         f"(MSRVTT_data.json, MSRVTT_train.9k.csv, MSRVTT_JSFUSION_test.csv) and "
                         f"videos/; fix MSRVTT_ROOT or quality.data.root{hint}") from None
-        if not items:
+        if not loaded.videos:
             raise error(f"{where}: the MSR-VTT {split} split under {root!r} lists no videos; "
                         f"check its annotation file{hint}")
-        missing = [v.path for v in items if not v.path.is_file()]  # tokred.data.check_files
-        if missing:
-            shown = ", ".join(map(str, missing[:10]))
-            more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
-            raise error(f"{where}: {len(missing)} of the {len(items)} videos of the MSR-VTT "
-                        f"{split} split are missing: {shown}{more}; put every listed video in "
-                        f"{Path(root) / 'videos'} as <video_id>.mp4 or fix MSRVTT_ROOT / "
-                        f"quality.data.root{hint}")
+        try:
+            check_files(loaded)  # lists the missing files (the first 10) and the video root
+        except FileNotFoundError as err:
+            gone = sum(not v.path.is_file() for v in loaded.videos)  # the headline's count
+            listed = re.sub(r":?\n\s*", "; ", str(err).strip())  # one line
+            raise error(f"{where}: {gone} of the {len(loaded.videos)} videos of the MSR-VTT "
+                        f"{split} split are missing ({listed}); put every listed video in "
+                        f"{loaded.video_root} as <video_id>.mp4 or fix MSRVTT_ROOT / "
+                        f"quality.data.root{hint}") from None
