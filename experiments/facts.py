@@ -84,13 +84,10 @@ def _train_videos(root: str) -> int | None:
 
 def _recipe(recipe: dict) -> dict:
     """The recipe with TrainConfig's defaults filled in (batch_size, epochs, max_steps)."""
-    try:
-        from tokred.training import TrainConfig
+    from tokred.training import TrainConfig
 
-        defaults = {f.name: f.default for f in fields(TrainConfig)}
-    except ImportError:
-        defaults = {"batch_size": 128, "epochs": 5.0, "max_steps": None}
-    return {k: recipe.get(k, defaults.get(k)) for k in ("batch_size", "epochs", "max_steps")}
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    return {k: recipe.get(k, defaults[k]) for k in ("batch_size", "epochs", "max_steps")}
 
 
 def training_facts(s: dict, res: dict, root: str | Path) -> dict:
@@ -129,21 +126,11 @@ def cost_diagnostics(s: dict, device: str = "cpu") -> dict:
 
     if not reducer_diagnostics(create_reducer(s["reducer"], **s["options"])):
         return {}
-    try:
-        from tokred.cost.measure import build
-        from tokred.cost.timing import fixed_video
+    from tokred.cost.build import build
+    from tokred.cost.timing import fixed_video
 
-        enc = build(s["backbone"], s["reducer"], s["options"], s["frames"], device=device).encoder
-        video = fixed_video(1, s["frames"], enc.spec.image_size, device)
-    except ImportError:
-        from tokred.models import create_video_encoder
-
-        torch.manual_seed(0)
-        enc = create_video_encoder(s["backbone"], create_reducer(s["reducer"], **s["options"]),
-                                   s["frames"]).to(device).eval()
-        gen = torch.Generator().manual_seed(0)
-        size = enc.spec.image_size
-        video = torch.randn(1, s["frames"], 3, size, size, generator=gen).to(device)
+    enc = build(s["backbone"], s["reducer"], s["options"], s["frames"], device=device).encoder
+    video = fixed_video(1, s["frames"], enc.spec.image_size, device)
     with torch.inference_mode():
         enc(video)
     return {**reducer_diagnostics(enc.reducer), "diagnostics_on": "1 random video"}
