@@ -11,11 +11,10 @@ from matplotlib.transforms import Bbox
 
 from .plot_style import LABEL_SIZE
 from .published import option_defaults
-from .tables import curve_label
+from .tables import curve_label, option_value
 
 SEGMENT_KEYS = ("layer", "segments", "k")  # CenterCLIP's "B6-4-49" notation, as its presets
 
-# Candidate places (offset in points, horizontal and vertical alignment), nearest first.
 # Candidate places (offset in points, horizontal and vertical alignment), nearest first.
 OFFSETS = [(7, 5, "left", "bottom"), (7, -5, "left", "top"), (-7, 5, "right", "bottom"),
            (-7, -5, "right", "top"), (0, 11, "center", "bottom"), (0, -11, "center", "top"),
@@ -29,10 +28,6 @@ FAR = [(dx * r, dy * r, ha, va) for r in (30, 44) for dx, dy, ha, va in
 MARKER_PX = 9.0  # half the side of the box kept free around every marker (stars included)
 
 
-def _short(v) -> str:
-    return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
-
-
 def point_label(reducer: str, options: dict) -> str:
     """A point's short setting name: ``B6-4-49`` (layer-segments-k, as CenterCLIP and its
     baselines name their settings) or ``r=2`` (the reducer's first option, always shown), plus
@@ -43,15 +38,15 @@ def point_label(reducer: str, options: dict) -> str:
     if not full:
         return reducer
     if all(k in full for k in SEGMENT_KEYS[:2]):
-        head = "B" + "-".join(_short(full[k]) for k in SEGMENT_KEYS if k in full)
+        head = "B" + "-".join(option_value(full[k]) for k in SEGMENT_KEYS if k in full)
         shown = set(SEGMENT_KEYS)
     else:
         first = next(iter(defaults or options))
-        head, shown = f"{first}={_short(full[first])}", {first}
+        head, shown = f"{first}={option_value(full[first])}", {first}
     changed = {k: v for k, v in sorted(options.items())
-               if k not in shown and _short(v) != _short(defaults.get(k))}
+               if k not in shown and option_value(v) != option_value(defaults.get(k))}
     kinds = [v for v in changed.values() if isinstance(v, str)]
-    rest = [f"{k}={_short(v)}" for k, v in changed.items() if not isinstance(v, str)]
+    rest = [f"{k}={option_value(v)}" for k, v in changed.items() if not isinstance(v, str)]
     return " ".join([*kinds, head, *rest])
 
 

@@ -25,6 +25,7 @@ from .plot_style import (  # noqa: E402
     variant_fmt,
 )
 from .plots_cost import backbones  # noqa: E402
+from .tables import reducer_rank  # noqa: E402
 
 TOKENS_CAPTION = (
     "Tokens per video entering attention at each layer (from the encoder's token trace), one "
@@ -140,9 +141,7 @@ def provenance_figure(records: list[dict], path: Path, max_frames: int = 12) -> 
     from .provenance import synthetic_video
     from .validate import spec_for
 
-    order = ["none", "tome", "tempme", "centerclip", "pooling", "sparse"]
-    records = sorted(records, key=lambda r: (order.index(r["settings"]["reducer"])
-                                             if r["settings"]["reducer"] in order else 99,
+    records = sorted(records, key=lambda r: (reducer_rank(r["settings"]["reducer"]),
                                              str(r["settings"]["options"])))
     frames = records[0]["metrics"]["frames"]
     shown = min(frames, max_frames)

@@ -22,11 +22,12 @@ QUALITY_MEM = "act. MiB/video (training, full fine-tune)"
 
 def setting(reducer: str, options: dict) -> str:
     """``tome r=2`` / ``centerclip segments=4`` / ``none``."""
-    opts = " ".join(f"{k}={_fmt(v)}" for k, v in sorted(options.items()))
+    opts = " ".join(f"{k}={option_value(v)}" for k, v in sorted(options.items()))
     return f"{reducer} {opts}".strip()
 
 
-def _fmt(v) -> str:
+def option_value(v) -> str:
+    """An option value as settings and labels show it (a list comma-joined: ``8,9,10``)."""
     return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
 
@@ -210,7 +211,7 @@ def spectral_cols(s: dict, m: dict) -> dict:
         return {}
     k = s["options"].get("k", option_defaults("centerclip").get("k"))
     return {"spectral segments": m.get("spectral_segments"),
-            "spectral empty": m.get("spectral_empty_graph"), "spectral k": _fmt(k)}
+            "spectral empty": m.get("spectral_empty_graph"), "spectral k": option_value(k)}
 
 
 def spectral_note(row) -> str:
