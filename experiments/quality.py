@@ -90,12 +90,12 @@ def _split(settings: dict, root: Path, ctx, image_size: int):
     from tokred.retrieval.evaluate import load_videos
     from tokred.synth import load_meta
 
-    key = ("videos", str(root), settings["split"], settings["frames"], image_size)
-    if key not in ctx.models:
+    key = (str(root), settings["split"], settings["frames"], image_size)
+    if key not in ctx.videos:
         split = load_split("msrvtt", root, settings["split"])
         meta = load_meta(root) if settings["data"].get("kind", "synth") == "synth" else None
-        ctx.models[key] = (split, meta, load_videos(split, settings["frames"], image_size))
-    return ctx.models[key]
+        ctx.videos[key] = (split, meta, load_videos(split, settings["frames"], image_size))
+    return ctx.videos[key]
 
 
 def quality_trial(s: dict, ctx) -> dict:

@@ -20,12 +20,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Context:
-    """What trials of one sweep share: the output dir (cache), the in-process model cache and
-    the ids of the fine-tunes whose checkpoints are kept (``keep_checkpoints``)."""
+    """What trials of one sweep share: the output dir (cache), the in-process caches of
+    backbones (one at a time) and of decoded test videos, and the ids of the fine-tunes whose
+    checkpoints are kept (``keep_checkpoints``)."""
 
     out: Path
     device: str = "cpu"
     models: dict = field(default_factory=dict)
+    videos: dict = field(default_factory=dict)
     keep: frozenset[str] = frozenset()
 
     @property
@@ -44,23 +46,22 @@ def run_trial(trial: Trial, ctx: Context) -> dict:
     return quality_trial(trial.settings, ctx)
 
 
-def _backbone(name: str, weights: str, ctx: Context):
-    """The visual adapter of ``name`` (built once per sweep process; random init, seed 0).
+def _backbone(name: str, ctx: Context):
+    """The visual adapter of ``name`` with random weights (seed 0), built once per sweep
+    process; one backbone is kept at a time.
 
-    Its activation is the one ``weights`` need (:func:`tokred.models.activation_for`): the
-    papers' OpenAI architectures are QuickGELU even with random weights.
+    Its activation is the architecture's (:func:`tokred.models.activation_for`): the papers'
+    OpenAI architectures are QuickGELU even with random weights.
     """
     from tokred.backbones import OpenCLIPVisual
     from tokred.models import create_clip
 
-    key = (name, weights)
-    if key not in ctx.models:
+    if name not in ctx.models:
         torch.manual_seed(0)
-        pretrained = None if weights in (None, "random") else weights
-        clip = create_clip(name, pretrained, device=ctx.device).eval()
-        ctx.models.clear()  # keep one backbone in memory at a time
-        ctx.models[key] = OpenCLIPVisual(clip.visual, name=name)
-    return ctx.models[key]
+        clip = create_clip(name, None, device=ctx.device).eval()
+        ctx.models.clear()  # keep one backbone in memory at a time (not the decoded videos)
+        ctx.models[name] = OpenCLIPVisual(clip.visual, name=name)
+    return ctx.models[name]
 
 
 def cost_trial(s: dict, ctx: Context) -> dict:
@@ -106,6 +107,6 @@ def provenance_trial(s: dict, ctx: Context) -> dict:
 
         backbone = load_model(base_checkpoint(s["base_of"], ctx)).video.backbone
     else:
-        backbone = _backbone(s["model"], "random", ctx)
+        backbone = _backbone(s["model"], ctx)
     reducer = create_reducer(s["reducer"], **s["options"])
     return provenance(lambda r: VideoEncoder(backbone, r, s["frames"]), reducer, s["frames"])

@@ -155,3 +155,15 @@ def test_centerclip_reraises_other_errors_without_making_them_their_own_cause(mo
         red.pre_block(s, 6)
     assert err.value is boom
     assert err.value.__cause__ is None
+
+
+# 14: a sweep process keeps its decoded test videos when it builds another backbone ----------
+
+def test_building_a_backbone_keeps_the_decoded_videos(tmp_path):
+    from tokred_experiments.trials import Context, _backbone
+
+    ctx = Context(out=tmp_path)
+    ctx.videos["test split"] = "decoded"
+    first = _backbone("scale-B32", ctx)
+    assert _backbone("scale-B32", ctx) is first  # built once
+    assert ctx.videos == {"test split": "decoded"} and list(ctx.models) == ["scale-B32"]
