@@ -117,28 +117,71 @@ def _fsync_dir(path: Path) -> None:
 
 def read_records(path: str | Path) -> list[dict]:
     """All complete records of one file, in order; a torn or corrupt line is skipped."""
-    out = []
     p = Path(path)
     if not p.exists():
-        return out
-    data = p.read_bytes()
-    lines = data.split(b"\n")
+        return []
+    lines = p.read_bytes().split(b"\n")
     if lines and lines[-1]:
         log.warning("%s: ignoring a torn last line (%d bytes)", p, len(lines[-1]))
-    for i, raw in enumerate(lines[:-1]):
+    return _parse_lines(lines[:-1], p, 1)
+
+
+def _parse_lines(lines: list[bytes], p: Path, first: int) -> list[dict]:
+    """The usable records of complete ``lines`` of ``p`` (line ``first`` first); a corrupt or
+    unusable one is skipped with a warning naming its line."""
+    out = []
+    for i, raw in enumerate(lines, first):
         if not raw.strip():
             continue
         try:
             rec = json.loads(raw)
         except json.JSONDecodeError:
-            log.warning("%s:%d: ignoring a corrupt record", p, i + 1)
+            log.warning("%s:%d: ignoring a corrupt record", p, i)
             continue
         problem = record_problem(rec)
         if problem:
-            log.warning("%s:%d: ignoring a record %s", p, i + 1, problem)
+            log.warning("%s:%d: ignoring a record %s", p, i, problem)
             continue
         out.append(rec)
     return out
+
+
+class FinishedTrials:
+    """The ids with an ``ok`` record in the results files of output dir ``out``, kept up to date
+    by :meth:`refresh` at the cost of what was written since the last refresh.
+
+    Each results file is read on from where the last refresh stopped (after its last complete
+    line: a torn or half-written one is read again next time); a file replaced whole (another
+    inode, e.g. by ``merge``) or cut shorter is read from its start. Ids are never removed:
+    records are only appended, and a merge keeps every ``ok`` one.
+    """
+
+    def __init__(self, out: str | Path):
+        self.out = Path(out)
+        self.ids: set[str] = set()
+        self._seen: dict[Path, tuple[int, int, int]] = {}  # file -> (inode, bytes, lines) read
+
+    def refresh(self) -> set[str]:
+        """Read what was appended since the last call; returns :attr:`ids`."""
+        for f in result_files([self.out]):
+            try:
+                fh = open(f, "rb")
+            except FileNotFoundError:  # replaced or removed since it was listed
+                continue
+            with fh:
+                st = os.fstat(fh.fileno())
+                inode, pos, lines = self._seen.get(f, (st.st_ino, 0, 0))
+                if inode != st.st_ino or st.st_size < pos:
+                    pos, lines = 0, 0
+                fh.seek(pos)
+                data = fh.read()
+            complete = data[: data.rfind(b"\n") + 1].split(b"\n")[:-1]
+            for rec in _parse_lines(complete, f, lines + 1):
+                if rec.get("status") == "ok":
+                    self.ids.add(rec["id"])
+            self._seen[f] = (st.st_ino, pos + sum(len(x) + 1 for x in complete),
+                             lines + len(complete))
+        return self.ids
 
 
 REQUIRED = {  # kind -> settings every finished (ok) record of that kind has

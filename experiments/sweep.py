@@ -39,17 +39,15 @@ from tokred.cli.args import (
 
 from .cache import claim, describe
 from .config import CONFIGS, ConfigError, SweepConfig, find_config, load_config
-from .records import append_record, load_results, merge_files
+from .records import FinishedTrials, append_record, merge_files
 from .runlog import Note, sweep_log
 from .trial import Trial
 
 log = logging.getLogger(__name__)  # under the package logger runlog.sweep_log captures
 
 
-def parse_shard(text: str | None) -> tuple[int, int] | None:
+def parse_shard(text: str) -> tuple[int, int]:
     """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n``."""
-    if text is None:
-        return None
     try:
         i, n = (int(v) for v in text.split("/"))
     except ValueError:
@@ -77,10 +75,12 @@ def results_path(out: Path, shard: tuple[int, int] | None) -> Path:
     return out / ("results.jsonl" if shard is None else f"results.shard-{shard[0]}-of-{shard[1]}.jsonl")
 
 
-def pending(cfg: SweepConfig, out: Path, shard: tuple[int, int] | None) -> list[Trial]:
-    """Trials of this shard without an ``ok`` record in any results file of ``out``."""
-    done = {k for k, r in load_results([out]).items() if r.get("status") == "ok"}
-    return [t for t in cfg.trials if in_shard(t, shard) and t.id not in done]
+def pending(cfg: SweepConfig, out: Path, shard: tuple[int, int] | None,
+            done: FinishedTrials | None = None) -> list[Trial]:
+    """Trials of this shard without an ``ok`` record in any results file of ``out`` (``done``:
+    the reader of those records to bring up to date, kept by a caller that asks again)."""
+    finished = (done or FinishedTrials(out)).refresh()
+    return [t for t in cfg.trials if in_shard(t, shard) and t.id not in finished]
 
 
 def run_one(trial: Trial, ctx, cfg: SweepConfig, extra: dict) -> dict:
@@ -139,7 +139,8 @@ def _run_pending(cfg: SweepConfig, out: Path, shard: tuple[int, int] | None, ext
 
     from .trials import Context
 
-    todo = pending(cfg, out, shard)
+    done = FinishedTrials(out)  # each later refresh reads only the records written since
+    todo = pending(cfg, out, shard, done)
     mine = sum(in_shard(t, shard) for t in cfg.trials)
     note(f"{cfg.name}: {len(cfg.trials)} trials, {mine} in this shard, {mine - len(todo)} "
          f"already done, {len(todo)} to run -> {out}")
@@ -154,8 +155,10 @@ def _run_pending(cfg: SweepConfig, out: Path, shard: tuple[int, int] | None, ext
                     busy.append(f"{trial.title}: {describe(other)}, claim "
                                 f"{out / 'claims' / (trial.id + '.claim')}")
                     continue
-                if load_results([out]).get(trial.id, {}).get("status") == "ok":
-                    continue  # finished by another process after this one listed the trials
+                # finished by another process after this one listed the trials: its record
+                # was written before it gave up the claim this process now holds
+                if trial.id in done.refresh():
+                    continue
                 record = run_one(trial, ctx, cfg, extra)
                 append_record(path, record)
             counts[record["status"]] += 1

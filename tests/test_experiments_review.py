@@ -167,3 +167,51 @@ def test_building_a_backbone_keeps_the_decoded_videos(tmp_path):
     first = _backbone("scale-B32", ctx)
     assert _backbone("scale-B32", ctx) is first  # built once
     assert ctx.videos == {"test split": "decoded"} and list(ctx.models) == ["scale-B32"]
+
+
+# 15: the runner's finished-trial check reads only what was written since ---------------------
+
+def ok(i: str) -> dict:
+    return {"id": i, "kind": "cost", "status": "ok", "metrics": {},
+            "settings": {"backbone": "scale-B32", "frames": 12, "reducer": "none",
+                         "options": {}}}
+
+
+def test_finished_trials_reads_appended_records_torn_lines_and_replaced_files(tmp_path):
+    from tokred_experiments.records import FinishedTrials, append_record, merge_files
+
+    done = FinishedTrials(tmp_path)
+    assert done.refresh() == set()
+    append_record(tmp_path / "results.jsonl", ok("a"))
+    append_record(tmp_path / "results.jsonl", {**ok("b"), "status": "error"})
+    assert done.refresh() == {"a"}
+    with open(tmp_path / "results.jsonl", "ab") as f:  # a record torn by a kill
+        f.write(b'{"id": "torn", "status": "ok"')
+    assert done.refresh() == {"a"}
+    append_record(tmp_path / "results.jsonl", ok("b"))  # cuts the torn tail first
+    append_record(tmp_path / "results.shard-0-of-2.jsonl", ok("c"))  # a file that appeared
+    assert done.refresh() == {"a", "b", "c"}
+    other = tmp_path / "elsewhere"
+    append_record(other / "results.jsonl", ok("d"))
+    merge_files([tmp_path / "results.jsonl", other], tmp_path / "results.jsonl")  # replaced
+    assert done.refresh() == {"a", "b", "c", "d"}
+
+
+def test_a_trial_finished_by_another_process_meanwhile_is_skipped(tmp_path, monkeypatch):
+    from tokred_experiments import sweep, trials
+    from tokred_experiments.records import append_record, read_records
+
+    cfg = load_config(write(tmp_path, COST))
+    out, ran = tmp_path / "out", []
+    last = cfg.trials[-1]
+
+    def cost_trial(s, ctx):  # the first trial: another process finishes the last one meanwhile
+        if not ran:
+            append_record(out / "results.other.jsonl", {**ok(last.id), "settings": last.settings})
+        ran.append(s)
+        return {"gmacs": 1.0, "tokens_out": 1}
+
+    monkeypatch.setattr(trials, "cost_trial", cost_trial)
+    assert sweep.run_sweep(cfg, out, progress=False) == {"ok": 2, "error": 0}
+    assert last.settings not in ran and len(ran) == 2
+    assert last.id not in {r["id"] for r in read_records(out / "results.jsonl")}
