@@ -111,56 +111,76 @@ def speed_figure(c: pd.DataFrame, path: Path, pubs: list[dict] | None = None,
     return True
 
 
+PAPER_MEM = "paper: MeM / its baseline's, at that % of our none (not MiB)"
+
+
 def _published_memory(g: pd.DataFrame, pubs: list[dict]) -> list[float | None]:
-    """Per row of ``g``: the papers' training-memory ratio of the same setting times our
-    none's MiB (None where no paper reports it, and for none itself)."""
-    base = g.loc[g["reducer"] == "none", "act. MiB/video"]
+    """Per row of ``g``: the training-memory ratio the papers publish for the same setting
+    (CenterCLIP's MeM over its baseline's; None where no paper reports it, and for none)."""
     out = []
     for _, r in g.iterrows():
-        ratios = None if base.empty or r["reducer"] == "none" else published_ratios(
+        ratios = None if r["reducer"] == "none" else published_ratios(
             pubs, r["backbone"], r["reducer"], r["options"])
-        out.append(None if ratios is None else ratios[0] * float(base.iloc[0]))
+        out.append(None if ratios is None else ratios[0])
     return out
 
 
 @styled
 def memory_figure(c: pd.DataFrame, path: Path, pubs: list[dict] | None = None) -> bool:
     """Training activation MiB per video, one bar per setting (named on the axis; value and %
-    of none at the bar's end), the papers' memory ratios as diamonds where they exist."""
+    of none at the bar's end). Where a paper reports the setting, its training-memory ratio
+    (MeM over its baseline's, a ratio of another quantity) is a diamond at that percentage of
+    our none's bar, read on the top axis (% of the baseline), and is written in the bar's text;
+    it is never a MiB value."""
     c = c.dropna(subset=["act. MiB/video"])
     if c.empty:
         return False
     bbs = backbones(c)
     colours = reducer_colours(c["reducer"])
     rows = c.groupby("backbone").size().max()
-    fig, axes = plt.subplots(1, len(bbs), figsize=(7.0 * len(bbs) + 1.0, 0.42 * rows + 1.9),
+    fig, axes = plt.subplots(1, len(bbs), figsize=(7.0 * len(bbs) + 1.0, 0.42 * rows + 2.3),
                              squeeze=False)
     for ax, bb in zip(axes[0], bbs):
         g = c[c["backbone"] == bb].sort_values("act. MiB/video", ascending=False)
         y = np.arange(len(g))
         mib = g["act. MiB/video"].to_numpy(float)
         ax.barh(y, mib, color=[colours[r] for r in g["reducer"]])
-        paper = _published_memory(g, pubs or [])
-        hits = [(x, yi) for yi, x in enumerate(paper) if x is not None]
+        none = g.loc[g["reducer"] == "none", "act. MiB/video"]
+        none_mib = float(none.iloc[0]) if not none.empty else None
+        paper = _published_memory(g, pubs or []) if none_mib else [None] * len(g)
+        at = [None if q is None else q * none_mib for q in paper]  # x of each diamond
+        hits = [(x, yi) for yi, x in enumerate(at) if x is not None]
         if hits:
-            ax.scatter(*zip(*hits), label="published memory ratio x our none's MiB",
-                       **PUBLISHED_STYLE)
+            ax.scatter(*zip(*hits), label=PAPER_MEM, **PUBLISHED_STYLE)
+            top = ax.secondary_xaxis("top", functions=(lambda x, n=none_mib: 100 * x / n,
+                                                       lambda p, n=none_mib: p * n / 100))
+            top.set_xlabel("% of the baseline (bars: our none; diamonds: the paper's)")
         pct = g["memory %"] if "memory %" in g else pd.Series(np.nan, index=g.index)
-        for yi, (v, p, x) in enumerate(zip(mib, pct, paper)):
-            text = f" {v:.1f}" + (f" ({p:.0f} %)" if pd.notna(p) else "")
+        for yi, (v, p, q, x) in enumerate(zip(mib, pct, paper, at)):
+            text = (f" {v:.1f}" + (f" ({p:.0f} %)" if pd.notna(p) else "")
+                    + (f"; paper MeM {100 * q:.0f} %" if q is not None else ""))
             ax.text(max(v, x or 0) * 1.01 + (0.02 * mib.max() if x else 0), yi, text,
                     va="center", fontsize=9)
         ax.set_yticks(y, [short_setting(r, o) for r, o in zip(g["reducer"], g["options"])])
         ax.invert_yaxis()
-        ax.set_xlim(0, 1.3 * max([mib.max(), *(x for x, _ in hits)]))
+        ax.set_xlim(0, (1.6 if hits else 1.3) * max([mib.max(), *(x for x, _ in hits)]))
         ax.set_xlabel("training activations per video (MiB, full fine-tuning)")
-        ax.set_title(f"{bb}, {g['frames'].iloc[0]} frames (random weights)")
+        ax.set_title(f"{bb}, {g['frames'].iloc[0]} frames (random weights)",
+                     pad=10 if hits else None)
         ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     for ax in axes[0]:
         legend_below(ax)
     save(fig, path)
     return True
+
+
+MEM_NOT_COMPARABLE = (
+    "A diamond is a ratio, drawn at that percentage of our none's bar (top axis) and written as "
+    "'paper MeM x %' in the bar's text, never a MiB value: MeM is the average GPU memory of the "
+    "whole training (weights, optimiser state and a batch's activations, in GB), ours the "
+    "activations one video keeps, so the two percentages are not comparable (as the quality "
+    "section says of MeM and our MiB).")
 
 
 def _published_backbones(c: pd.DataFrame, pubs: list[dict]) -> tuple[list[str], list[str]]:
@@ -201,6 +221,7 @@ def cost_figures(cost: pd.DataFrame, out: Path, records: list[dict],
         figs.append(("memory.png", "Random weights: activation memory one video keeps for "
                      "backward in a full fine-tuning step (MiB; in brackets % of none's), per "
                      "reducer setting (exact, so no error bars). "
-                     + _published_caption(cost, pubs, "the published training-memory ratio "
-                                          "to the baseline, times our none's MiB,")))
+                     + _published_caption(cost, pubs, "CenterCLIP's training-memory ratio "
+                                          "(MeM over its baseline's MeM)")
+                     + (MEM_NOT_COMPARABLE if _published_backbones(cost, pubs)[0] else "")))
     return figs

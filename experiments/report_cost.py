@@ -77,7 +77,11 @@ def cost_section(df: pd.DataFrame, pubs: list[dict],
              "one more tensor for backward than GELU), GELU for the scale models. "
              + SPEED_NOTE.format(factor=SUSPECT_FACTOR, not_paired=NOT_PAIRED) + " "
              "'paper' columns: the published MSR-VTT ratio to the baseline for the same "
-             "setting (training GPU memory and inference speed on V100), where one exists.",
+             "setting (training GPU memory and inference speed on V100), where one exists. "
+             "'paper memory %' is CenterCLIP's MeM (the average GPU memory of the whole "
+             "training in GB: weights, optimiser state and a batch's activations) as a % of its "
+             "baseline's; 'memory %' counts only the activations one video keeps, so the two "
+             "are not comparable.",
              ""]
     if df.empty:
         return lines + ["(no finished cost trials)", ""], df
