@@ -55,7 +55,13 @@ def _grads(model) -> dict[str, torch.Tensor]:
     return {k: p.grad.clone() for k, p in model.clip.named_parameters()}
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
+def _micro_batches(video, rows_per_batch):
+    """Consecutive micro-batches of the given rows (video index lists)."""
+    return [{"frames": video[rows], "caption": [CAPTIONS[i] for i in rows]}
+            for rows in rows_per_batch]
+
+
+def _worker(rank: int, world: int, port: int, out: str, accum: int = 1) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -68,9 +74,10 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     model, opt, video, cfg = _setup()
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     b = GLOBAL_BATCH // world
-    sl = slice(rank * b, (rank + 1) * b)
-    batch = {"frames": video[sl], "caption": CAPTIONS[sl]}
-    loss = train_step(ddp, [batch], opt, None, cfg, info, model.tokenizer)
+    mine = list(range(rank * b, (rank + 1) * b))
+    per = b // accum  # rank r's micro-batch i: its rows i*per .. (i+1)*per
+    batches = _micro_batches(video, [mine[i * per:(i + 1) * per] for i in range(accum)])
+    loss = train_step(ddp, batches, opt, None, cfg, info, model.tokenizer)
     if rank == 0:
         torch.save({"loss": loss, "params": _params(model), "grads": _grads(model)}, out)
     D.cleanup()
@@ -102,6 +109,26 @@ def test_two_process_step_equals_single_process(tmp_path):
         torch.testing.assert_close(ddp["params"][k], p, atol=1e-5, rtol=0, msg=k)
         moved += int(not torch.equal(p, before[k]))
     assert moved > 10 and not torch.equal(single["logit_scale"], before["logit_scale"])
+
+
+def test_two_process_accumulated_step_equals_single_process(tmp_path):
+    """grad_accum 2 under DDP: the non-final micro-batch runs forward and backward inside one
+    no_sync() (a single-use context manager), the last one syncs. Global micro-batch i holds row
+    i of each rank's half, so the single-process twin accumulates over rows [0, 2] then [1, 3]."""
+    model, opt, video, cfg = _setup()
+    loss = train_step(model, _micro_batches(video, [[0, 2], [1, 3]]), opt, None, cfg,
+                      D.DistInfo(), model.tokenizer)
+    single, grads = _params(model), _grads(model)
+
+    out = str(tmp_path / "rank0.pt")
+    mp.spawn(_worker, args=(2, D.free_port(), out, 2), nprocs=2, join=True)
+    ddp = torch.load(out)
+
+    assert abs(ddp["loss"] - loss) < 1e-5
+    for k, g in grads.items():
+        torch.testing.assert_close(ddp["grads"][k], g, atol=1e-5, rtol=1e-5, msg=k)
+    for k, p in single.items():
+        torch.testing.assert_close(ddp["params"][k], p, atol=1e-5, rtol=0, msg=k)
 
 
 def test_share_grad_keeps_value_and_divides_gradient():

@@ -49,7 +49,7 @@ from tokred.training.control import (
     stop_requested,
     time_up,
 )
-from tokred.training.optim import WarmupCosine, make_optimizer
+from tokred.training.optim import make_optimizer, make_scheduler
 from tokred.training.precision import autocast
 
 log = logging.getLogger(__name__)
@@ -90,12 +90,12 @@ def train_step(
         video = batch["frames"].to(device, non_blocking=True)
         tokens = tokenizer(batch["caption"]).to(device)
         sync = i == len(batches) - 1 or not hasattr(model, "no_sync")
-        ctx = model.no_sync() if not sync else contextlib.nullcontext()
-        with ctx, autocast(device.type, cfg.precision):
-            text, vid, scale = model(video, tokens)
-            loss = contrastive_loss(text, vid, scale)
-        scaled = loss * info.world / len(batches)
-        with ctx:
+        # one context over forward and backward: DDP's no_sync() is a single-use context manager
+        with model.no_sync() if not sync else contextlib.nullcontext():
+            with autocast(device.type, cfg.precision):
+                text, vid, scale = model(video, tokens)
+                loss = contrastive_loss(text, vid, scale)
+            scaled = loss * info.world / len(batches)
             (scaler.scale(scaled) if scaler else scaled).backward()
         total += float(loss.detach()) / len(batches)
     if scaler:
@@ -143,7 +143,8 @@ def train(cfg: TrainConfig, split=None, clips: torch.Tensor | None = None) -> di
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     last = last_state(cfg, out)  # read first: a resumed run keeps the activation it trained with
-    model = build_for_training(cfg, info.device, resume_activation(cfg, last, out))
+    model = build_for_training(cfg, info.device, resume_activation(cfg, last, out),
+                               resuming=last is not None)
     ds = make_dataset(cfg, model.video.backbone.spec.image_size, split, clips)
     if cfg.skip_errors:
         ds.preload()  # every clip first, so the bad ones are left out of every epoch alike
@@ -151,7 +152,7 @@ def train(cfg: TrainConfig, split=None, clips: torch.Tensor | None = None) -> di
     steps_per_epoch = len(ds) // (local * info.world) // cfg.grad_accum
     total = cfg.max_steps or max(1, int(cfg.epochs * steps_per_epoch))
     optimizer = make_optimizer(model, cfg.lr, cfg.betas, cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(total, cfg.warmup))
+    scheduler = make_scheduler(optimizer, total, cfg.warmup)
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
     run = _Run(cfg, info, model, model, optimizer, scheduler, scaler, out)
     step = _maybe_resume(run, last)  # before DDP wraps the model: DDP broadcasts rank 0's weights
