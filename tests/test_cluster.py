@@ -7,6 +7,8 @@ Equality with the official code itself: tests/test_centerclip_fidelity.py.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from tokred_methods.segments import plan_segments, split_segments
@@ -369,3 +371,46 @@ def test_a_failed_batched_svd_is_redone_row_by_row_and_flagged(monkeypatch):
     assert torch.allclose(q.abs(), ref.abs(), atol=1e-5)
     res = spectral_kmedoids(x, 4, sigma=3.0)
     assert res.graph.svd_retried.all()
+
+
+def test_a_nan_from_the_batched_svd_is_redone_for_that_row_only(monkeypatch):
+    # MKL's SVD can also return NaN for a finite matrix without raising: the row is decomposed
+    # again (alone, then in float64) and flagged; the other rows keep the batched result bit
+    # for bit (the official code's rounding)
+    import tokred.toolkits.spectral as sp
+
+    x = _points(3, 20, 4, seed=11)
+    lap = sp.laplacian(affinity(sq_distance(x), sigma=3.0))
+    real = torch.linalg.svd
+    ref = real(lap, full_matrices=False)
+
+    def nan_row_1(a, full_matrices=True):
+        u, s, vh = real(a, full_matrices=full_matrices)
+        if a.shape[0] > 1:
+            u[1, 0, 0] = float("nan")
+        return u, s, vh
+
+    monkeypatch.setattr(sp.torch.linalg, "svd", nan_row_1)
+    u, s, vh, flags = sp.svd_rows(lap.clone())
+    assert flags.tolist() == [False, True, False]
+    assert torch.isfinite(u).all()
+    for r in (0, 2):
+        assert torch.equal(u[r], ref[0][r]) and torch.equal(s[r], ref[1][r])
+    torch.testing.assert_close(s[1], ref[1][1])
+
+
+def test_a_laplacian_whose_fp32_svd_is_nan_gets_finite_medoid_inputs():
+    # a segment of the trained default-sweep scale model (block 6, 147 tokens, heat graph,
+    # sigma 2): torch 2.14's CPU SVD returns NaN for it in float32, batched or alone
+    path = Path(__file__).parent / "fixtures" / "spectral_svd_nan_laplacian.pt"
+    lap = torch.load(path, weights_only=True)[None]
+    from tokred.toolkits.spectral import svd_rows
+
+    batch = lap.repeat(2, 1, 1)  # MKL's result depends on the position in the batch
+    u, s, vh, flags = svd_rows(batch)
+    assert torch.isfinite(u).all() and torch.isfinite(s).all() and torch.isfinite(vh).all()
+    plain = torch.linalg.svd(batch, full_matrices=False)[0]
+    assert flags.tolist() == [not bool(torch.isfinite(row).all()) for row in plain]
+    assert 0 <= s.min() and s.max() <= 2 + 1e-4  # L_sym's spectrum lies in [0, 2]
+    eye = torch.eye(lap.shape[-1])
+    torch.testing.assert_close(u[0].T @ u[0], eye, atol=1e-4, rtol=0)  # orthonormal vectors

@@ -73,29 +73,40 @@ def laplacian(w: Tensor) -> Tensor:
 def svd_rows(lap: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``torch.linalg.svd`` of a batch, as the official code calls it, plus a fallback.
 
-    MKL's batched SVD sometimes fails to converge on a batch element that it decomposes fine
-    alone (seen on trained scale-model segments: "Parameter 4 was incorrect on entry to
-    SLASCL"); the official code then crashes. Here the failed batch is decomposed row by row
-    (float64 for a row that fails alone too) and those rows are flagged. Returns ``u, s, vh``
-    and ``retried [R]`` (bool).
+    MKL's batched SVD sometimes fails on a batch element that it decomposes fine alone: it
+    raises (seen on trained scale-model segments: "Parameter 4 was incorrect on entry to
+    SLASCL") or returns NaN for that element without raising; the official code then crashes
+    or clusters NaN. Here a failed batch is decomposed row by row, and a row with a non-finite
+    result alone again (float64 for a row that fails alone too); those rows are flagged.
+    Returns ``u, s, vh`` and ``retried [R]`` (bool).
     """
     retried = torch.zeros(lap.shape[0], dtype=torch.bool, device=lap.device)
     try:
         u, s, vh = torch.linalg.svd(lap, full_matrices=False)
-        return u, s, vh, retried
     except torch.linalg.LinAlgError:
         parts = [_svd_one(row[None]) for row in lap]
-    retried[:] = True
-    u, s, vh = (torch.cat([p[i] for p in parts]) for i in range(3))
-    return u, s, vh, retried
+        retried[:] = True
+        return (*(torch.cat([p[i] for p in parts]) for i in range(3)), retried)
+    bad = ~(_finite(u) & _finite(s) & _finite(vh))
+    for r in bad.nonzero().flatten().tolist():
+        u[r], s[r], vh[r] = (t[0] for t in _svd_one(lap[r : r + 1]))
+    return u, s, vh, retried | bad
+
+
+def _finite(t: Tensor) -> Tensor:
+    """``[R]``: whether every value of row ``r`` of ``t`` is finite."""
+    return torch.isfinite(t).flatten(1).all(dim=1)
 
 
 def _svd_one(lap: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     try:
-        return torch.linalg.svd(lap, full_matrices=False)
+        u, s, vh = torch.linalg.svd(lap, full_matrices=False)
+        if bool(torch.isfinite(u).all() and torch.isfinite(s).all() and torch.isfinite(vh).all()):
+            return u, s, vh
     except torch.linalg.LinAlgError:
-        u, s, vh = torch.linalg.svd(lap.double(), full_matrices=False)
-        return u.float(), s.float(), vh.float()
+        pass
+    u, s, vh = torch.linalg.svd(lap.double(), full_matrices=False)
+    return u.float(), s.float(), vh.float()
 
 
 def spectral_embedding(w: Tensor, k: int, correct_sign: bool = True) -> tuple[Tensor, Tensor]:
