@@ -3,6 +3,8 @@ path that builds or rebuilds a model (training from a CLIP file, resume, eval, c
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import open_clip
 import pytest
 import torch
@@ -159,6 +161,17 @@ def test_resume_keeps_the_activation(synth, tmp_path, openai_clip, caplog):
     assert rest["steps"] == 2 and "resuming with quick_gelu" in caplog.text
     assert torch.load(rest["checkpoint"], weights_only=True)["meta"]["activation"] == "quick_gelu"
     assert _mlp_acts(load_model(rest["checkpoint"]).clip) == {QuickGELU}
+
+
+def test_resume_reads_neither_init_nor_pretrained(synth, tmp_path, openai_clip):
+    """last.pt replaces every weight: a resumed run does not need its init file any more."""
+    init = Path(_write("openai", openai_clip, tmp_path))
+    run = tmp_path / "run"
+    assert train(_cfg(synth, run, init=str(init), max_steps=2, stop_at_step=1))["steps"] == 1
+    init.rename(tmp_path / "moved.pt")
+    rest = train(_cfg(synth, run, init=str(init), max_steps=2, resume=True))
+    assert rest["steps"] == 2
+    assert torch.load(rest["checkpoint"], weights_only=True)["meta"]["activation"] == "quick_gelu"
 
 
 def test_old_checkpoint_without_activation_loads_gelu_with_a_warning(synth, tmp_path, caplog):

@@ -11,25 +11,28 @@ from tokred.training.optim import configure_trainable
 
 
 def build_for_training(
-    cfg: TrainConfig, device: str, activation: str | None = None
+    cfg: TrainConfig, device: str, activation: str | None = None, *, resuming: bool = False
 ) -> RetrievalModel:
     """Model for ``cfg``: built, initialised from ``cfg.init``, trainable set per ``cfg.mode``.
 
     ``activation`` (``quick_gelu``/``gelu``) overrides the config's (a resumed run keeps the one
     its ``last.pt`` was trained with); by default :func:`training_activation` decides.
+    ``resuming``: ``last.pt`` replaces every weight, so ``pretrained`` and ``init`` are not read
+    (they may have moved since the run started).
     """
     activation = activation or training_activation(cfg)
+    pretrained = None if resuming else cfg.pretrained
     # a trusted legacy pickle is read here, unrestricted; the factory reads files safely only
-    trusted = cfg.trust_pickle and cfg.pretrained is not None and os.path.isfile(cfg.pretrained)
+    trusted = cfg.trust_pickle and pretrained is not None and os.path.isfile(pretrained)
     model = build_model(
         cfg.model, cfg.reducer, cfg.reducer_options, cfg.frames,
-        None if trusted else cfg.pretrained, cfg.max_words, quick_gelu=activation == "quick_gelu",
+        None if trusted else pretrained, cfg.max_words, quick_gelu=activation == "quick_gelu",
     )
     if trusted:
         from tokred.backbones.weights import load_clip_weights
 
-        load_clip_weights(model.clip, cfg.pretrained, trust_pickle=True)
-    if cfg.init:
+        load_clip_weights(model.clip, pretrained, trust_pickle=True)
+    if cfg.init and not resuming:
         load_init(model, cfg.init, cfg.reducer, cfg.trust_pickle)
     if cfg.train_frames not in (None, cfg.frames) and any(True for _ in model.reducer.parameters()):
         raise ValueError(
@@ -65,7 +68,7 @@ def load_init(model: RetrievalModel, path: str, reducer: str, trust_pickle: bool
 
     obj = read_checkpoint(path, trust_pickle=trust_pickle)
     if not (isinstance(obj, dict) and "meta" in obj):  # not a tokred model.pt
-        load_clip_state_dict(model.clip, extract_clip_state_dict(obj), path)
+        load_clip_state_dict(model.clip, extract_clip_state_dict(obj, path), path)
         return
     model.clip.load_state_dict(obj["model"])
     if obj.get("reducer") and obj["meta"].get("reducer") == reducer:
