@@ -17,6 +17,7 @@ from tokred.cli.args import (
     using_threads,
 )
 from tokred.retrieval.evaluate import evaluate, format_metrics, load_model
+from tokred.training.precision import PRECISIONS
 
 
 def parser() -> argparse.ArgumentParser:
@@ -48,9 +49,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--reducer-options", type=json_object, default=None,
                     help="JSON options of --reducer, e.g. '{\"r\": 2}' (default: the "
                     "checkpoint's, or the reducer's defaults)")
-    ap.add_argument("--frames", type=POSITIVE_INT, default=12, help="frames per video")
+    ap.add_argument("--frames", type=POSITIVE_INT, default=None,
+                    help="frames per video (default: the checkpoint's; 12 for CLIP files)")
     ap.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="videos per batch")
-    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+    ap.add_argument("--precision", default="fp32", choices=PRECISIONS,
                     help="autocast precision")
     add_compute_flags(ap)
     ap.add_argument("--out", type=output_dir, default=None,

@@ -18,8 +18,8 @@ import torch
 
 from tokred.retrieval import RetrievalModel, build_model
 from tokred.retrieval.metrics import (
+    metrics_of_ranks,
     rank_summary,
-    retrieval_metrics,
     save_similarity,
     t2v_ranks,
     v2t_ranks,
@@ -79,7 +79,7 @@ def load_model(
     ck = read_checkpoint(path, trust_pickle=trust_pickle)
     meta = ck.get("meta") if isinstance(ck, dict) else None
     if not meta:
-        sd = extract_clip_state_dict(ck)
+        sd = extract_clip_state_dict(ck, str(path))
         name = model_name or infer_clip_name(sd)
         if name is None:
             raise ValueError(
@@ -159,7 +159,7 @@ def evaluate(
     *,
     reducer: str | None = None,
     reducer_options: dict | None = None,
-    frames: int = 12,
+    frames: int | None = None,
     videos: torch.Tensor | None = None,
     batch_size: int = 64,
     precision: str = "fp32",
@@ -174,7 +174,7 @@ def evaluate(
         split: the evaluation :class:`~tokred.data.Split` (every caption is a query).
         reducer / reducer_options: evaluate the checkpoint with this reducer instead (only when
             ``model`` is a path).
-        frames: frames per video.
+        frames: frames per video (default: the model's, e.g. the checkpoint's).
         videos: pre-decoded ``[V, T, 3, S, S]`` frames (from :func:`load_videos`) to skip decoding.
         out: directory for ``sim.npz`` and ``metrics.json`` (the returned metrics plus the run's
             ``provenance``, :func:`tokred.env.provenance`); nothing written when None.
@@ -190,7 +190,8 @@ def evaluate(
     if not isinstance(model, torch.nn.Module):
         model = load_model(model, reducer, reducer_options, frames)
     if videos is None:
-        videos = load_videos(split, frames, model.video.backbone.spec.image_size)
+        videos = load_videos(split, frames or model.video.reducer.spec.frames,
+                             model.video.backbone.spec.image_size)
     t0 = time.perf_counter()
     text, vid = embed_split(model, split.captions, videos, batch_size, precision)
     sim = text @ vid.t()  # [C, V] cosine; the logit scale does not change ranks
@@ -232,8 +233,8 @@ def check_split(split, synth_meta=None, videos: torch.Tensor | None = None) -> N
 def _metrics(sim: torch.Tensor, caption_video: np.ndarray, synth_meta) -> dict:
     from tokred.retrieval.stats import bootstrap
 
-    res = retrieval_metrics(sim, caption_video)
-    t2v, v2t = t2v_ranks(sim, caption_video), v2t_ranks(sim, caption_video)
+    t2v, v2t = t2v_ranks(sim, caption_video), v2t_ranks(sim, caption_video)  # ranked once
+    res = metrics_of_ranks(t2v, v2t)
     # per-query ranks (paired tests between reducers on the same queries) and 95 % intervals
     res["ranks"] = {"t2v": t2v.astype(int).tolist(), "v2t": v2t.astype(int).tolist()}
     res["ci"] = {m: [i.low, i.high] for m, i in bootstrap(t2v, v2t).items()}
@@ -241,7 +242,7 @@ def _metrics(sim: torch.Tensor, caption_video: np.ndarray, synth_meta) -> dict:
     res.update({f"chance_R@{k}": 100.0 * min(k, n_vid) / n_vid for k in (1, 5, 10)})
     res.update(num_captions=int(sim.shape[0]), num_videos=int(n_vid))
     if synth_meta is not None:
-        res["per_type"] = per_type_metrics(sim, caption_video, synth_meta.types)
+        res["per_type"] = per_type_metrics(sim, caption_video, synth_meta.types, (t2v, v2t))
         from tokred.retrieval.metrics import twin_accuracy
 
         res["twin_accuracy"] = twin_accuracy(sim, synth_meta.twin_pairs)
@@ -249,15 +250,17 @@ def _metrics(sim: torch.Tensor, caption_video: np.ndarray, synth_meta) -> dict:
     return res
 
 
-def per_type_metrics(sim: torch.Tensor, caption_video: np.ndarray, types: list[str]) -> dict:
+def per_type_metrics(sim: torch.Tensor, caption_video: np.ndarray, types: list[str],
+                     ranks: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """t2v metrics of each caption type's queries against all videos, and v2t of the videos
-    whose captions are all of that type."""
+    whose captions are all of that type (``ranks``: the (t2v, v2t) ranks of ``sim``, if
+    already computed)."""
     if len(types) != sim.shape[0]:
         raise ValueError(
             f"{len(types)} caption types for {sim.shape[0]} captions; is synth_meta "
             f"from the same synthetic test split?"
         )
-    t2v, v2t = t2v_ranks(sim, caption_video), v2t_ranks(sim, caption_video)
+    t2v, v2t = ranks or (t2v_ranks(sim, caption_video), v2t_ranks(sim, caption_video))
     kinds = np.asarray(types)
     out = {}
     for kind in dict.fromkeys(types):
@@ -288,7 +291,8 @@ def format_metrics(res: dict) -> str:
     tag = "SYNTHETIC " if res.get("dataset") == "synthetic" else ""
     lines = [
         f"{tag}{res.get('split', '')} ({res['num_captions']} captions, "
-        f"{res['num_videos']} videos; chance R@1 {res['chance_R@1']:.2f}%)"
+        f"{res['num_videos']} videos, {res['frames']} frames each; chance R@1 "
+        f"{res['chance_R@1']:.2f}%)"
     ]
     for d in ("t2v", "v2t"):
         lines.append(

@@ -32,6 +32,7 @@ __all__ = [
     "t2v_ranks",
     "v2t_ranks",
     "rank_summary",
+    "metrics_of_ranks",
     "twin_accuracy",
     "dual_softmax",
     "save_similarity",
@@ -142,8 +143,15 @@ def retrieval_metrics(
         ``t2v_R@1, t2v_R@5, t2v_R@10, t2v_MdR, t2v_MnR``, the same with ``v2t_``, and ``rsum``,
         the six-term sum t2v R@1+R@5+R@10 + v2t R@1+R@5+R@10 (600 is perfect).
     """
-    out = rank_summary(t2v_ranks(sim, caption_video, chunk), "t2v")
-    out.update(rank_summary(v2t_ranks(sim, caption_video, chunk), "v2t"))
+    return metrics_of_ranks(t2v_ranks(sim, caption_video, chunk),
+                            v2t_ranks(sim, caption_video, chunk))
+
+
+def metrics_of_ranks(t2v: np.ndarray, v2t: np.ndarray) -> dict[str, float]:
+    """:func:`retrieval_metrics` from ranks already computed (:func:`t2v_ranks`,
+    :func:`v2t_ranks`)."""
+    out = rank_summary(t2v, "t2v")
+    out.update(rank_summary(v2t, "v2t"))
     out["rsum"] = sum(out[f"{d}_R@{k}"] for d in ("t2v", "v2t") for k in RECALL_KS)
     return out
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-KS = (1, 5, 10)
+from tokred.retrieval.metrics import RECALL_KS as KS
+
 METRICS = tuple(f"{d}_R@{k}" for d in ("t2v", "v2t") for k in KS) + ("R-Sum",)
 
 
