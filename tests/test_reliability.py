@@ -121,6 +121,13 @@ def test_checkpoints_that_would_run_code_are_refused_everywhere(synth, tmp_path,
     assert pwned.is_dir()
 
 
+def test_a_checkpoint_without_weights_is_named_with_the_fix(synth, tmp_path, tiny):
+    odd = tmp_path / "tensor.pt"
+    torch.save(torch.zeros(3), odd)  # loads safely, but is not a state dict
+    with pytest.raises(ValueError, match=rf"{odd}: holds a Tensor, not CLIP weights.*state_dict"):
+        train(cfg(synth, tmp_path / "run", init=str(odd)))
+
+
 def test_tokreds_own_checkpoints_load_with_weights_only(synth, tmp_path, tiny):
     stats = train(cfg(synth, tmp_path / "run", max_steps=2))
     for name in ("last.pt", "model.pt"):
@@ -409,9 +416,9 @@ def test_data_check_lists_bad_videos_and_training_leaves_them_out(synth, tmp_pat
 def test_eval_of_the_synthetic_train_split_and_stray_reducer_options(synth, tmp_path, tiny,
                                                                      capsys):
     ck = train(cfg(synth, tmp_path / "run", max_steps=1))["checkpoint"]
-    assert main(["eval", "--checkpoint", ck, "--root", str(synth), "--split", "train",
-                 "--frames", "2"]) == 0
-    assert "msrvtt/train" in capsys.readouterr().out
+    assert main(["eval", "--checkpoint", ck, "--root", str(synth), "--split", "train"]) == 0
+    out = capsys.readouterr().out  # no --frames: the checkpoint's 2, not 12
+    assert "msrvtt/train" in out and "videos, 2 frames each" in out
     assert main(["eval", "--checkpoint", ck, "--root", str(synth), "--reducer-options",
                  '{"r": 2}']) == 2
     assert "--reducer-options needs --reducer" in capsys.readouterr().err

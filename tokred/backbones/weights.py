@@ -21,8 +21,8 @@ log = logging.getLogger(__name__)
 _PREFIXES = ("module.", "clip.", "model.")
 
 
-def extract_clip_state_dict(obj) -> dict[str, torch.Tensor]:
-    """CLIP parameters from a loaded checkpoint object.
+def extract_clip_state_dict(obj, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """CLIP parameters from a loaded checkpoint object (``source``: its file, for messages).
 
     Accepts a plain state dict, ``{"state_dict": ...}`` / ``{"model": ...}`` wrappers, a
     TorchScript OpenAI archive, and CLIP4Clip-family checkpoints (OpenAI key names under a
@@ -35,7 +35,10 @@ def extract_clip_state_dict(obj) -> dict[str, torch.Tensor]:
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
     if not isinstance(obj, dict):
-        raise ValueError(f"expected a state dict, got {type(obj).__name__}")
+        raise ValueError(
+            f"{source}: holds a {type(obj).__name__}, not CLIP weights; expected a state dict "
+            f"(plain, or under 'state_dict' / 'model' / 'module'), an OpenAI TorchScript "
+            f"archive or a CLIP4Clip checkpoint; save the model's state_dict() instead")
     out = {}
     for k, v in obj.items():
         for p in _PREFIXES:
@@ -151,7 +154,7 @@ def load_clip_weights(model: nn.Module, path: str | os.PathLike, strict_visual: 
     """
     path = os.fspath(path)
     obj = read_checkpoint(path, trust_pickle=trust_pickle)
-    load_clip_state_dict(model, extract_clip_state_dict(obj), path, strict_visual)
+    load_clip_state_dict(model, extract_clip_state_dict(obj, path), path, strict_visual)
 
 
 def load_clip_state_dict(
@@ -228,8 +231,6 @@ def activation_for(
         if source is None:
             continue
         if os.path.isfile(source):
-            from tokred.backbones.weights import peek_checkpoint
-
             return weights_activation(peek_checkpoint(source, trust_pickle=trust_pickle), source)
         if source is init:
             raise FileNotFoundError(f"init checkpoint {init!r} does not exist")
