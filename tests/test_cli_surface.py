@@ -9,8 +9,8 @@ import json
 import textwrap
 
 import pytest
+from tokred_experiments import sweep
 
-from experiments import sweep
 from tokred.cli import data as data_cli
 from tokred.cli import eval as eval_cli
 from tokred.cli import main
@@ -148,6 +148,21 @@ def test_list_with_a_plugin_names_its_file(tmp_path, capsys):
                 if x.startswith("surface_keep_list"))
     assert f"plugin file {path.resolve()}" in line and "stride=2" in line
     assert main(["list", "--plugin", str(tmp_path / "missing.py")]) == 2
+
+
+@pytest.mark.slow
+def test_measure_rss_builds_a_plugin_reducer_in_its_fresh_process(tmp_path):
+    """--rss measures in fresh interpreters: they load the --plugin files this one loaded."""
+    path = write_plugin(tmp_path / "keep_rss.py", "surface_keep_rss")
+    out = tmp_path / "m.jsonl"
+    argv = ["measure", "--plugin", str(path), "--model", "scale-B32", "--reducer",
+            "surface_keep_rss:layer=3", "--batch-size", "1", "--repeats", "1", "--warmup", "0",
+            "--rounds", "1", "--skip-fvcore", "--skip-memory", "--skip-speed", "--rss",
+            "--threads", "1", "--out", str(out)]
+    assert main(argv) == 0
+    rec = next(r for r in map(json.loads, out.read_text().splitlines())
+               if r["reducer"] == "surface_keep_rss")
+    assert rec["peak_rss_mb_train_full"] > 0 and "peak_rss_mb_train_lora" in rec
 
 
 def test_measure_with_a_plugin_records_it_in_the_provenance(tmp_path, capsys):

@@ -183,6 +183,11 @@ def peak_rss_mb(job: dict, timeout: float = 900.0) -> dict:
     Raises:
         RuntimeError: the child failed, with its stderr tail.
     """
+    from tokred.plugins import loaded_plugins
+
+    # the child is a fresh interpreter: it loads the plugin files this process loaded (--plugin),
+    # so a reducer they define builds there too
+    job = {"plugins": [info["path"] for info in loaded_plugins()], **job}
     cmd = [sys.executable, "-m", "tokred.cost.memory", json.dumps(job)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
@@ -194,6 +199,9 @@ def peak_rss_mb(job: dict, timeout: float = 900.0) -> dict:
 
 def _child(argv: list[str]) -> int:
     job = json.loads(argv[0])
+    from tokred.plugins import load_plugin_files
+
+    load_plugin_files(job.pop("plugins", None))
     threads = job.pop("threads", None)
     if threads:
         torch.set_num_threads(int(threads))

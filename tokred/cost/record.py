@@ -166,8 +166,10 @@ def check_keys(rec: Mapping[str, Any]) -> CostRecord:
 
 
 def append_jsonl(path: str | Path | None, records: Iterable[CostRecord]) -> None:
-    """Append one JSON line per record to ``path`` (nothing when ``path`` is None)."""
+    """Append one JSON line per record to ``path`` (nothing when ``path`` is None; its
+    directory is made when missing)."""
     if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as f:
             f.writelines(json.dumps(check_keys(rec)) + "\n" for rec in records)
 
