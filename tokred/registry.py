@@ -65,11 +65,17 @@ def _qualname(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def distribution_of(cls: type) -> str | None:
+    """The installed distribution that provides ``cls``'s top-level package, or None."""
+    dists = metadata.packages_distributions().get(cls.__module__.split(".")[0])
+    return dists[0] if dists else None
+
+
 def _origin(cls: type) -> str:
     """``module.Class (distribution NAME)`` for messages about a name clash."""
     top = cls.__module__.split(".")[0]
-    dists = metadata.packages_distributions().get(top) or [f"none: module {top!r} is not installed"]
-    return f"{_qualname(cls)} (distribution {dists[0]})"
+    dist = distribution_of(cls) or f"none: module {top!r} is not installed"
+    return f"{_qualname(cls)} (distribution {dist})"
 
 
 def _dist(ep: metadata.EntryPoint) -> str:

@@ -34,6 +34,7 @@ from tokred.cost.timing import PairedTiming, interleaved_throughput
 from tokred.models import TIMM_PREFIX
 from tokred.plugins import load_plugin_files
 from tokred.registry import create_reducer
+from tokred.training.precision import PRECISIONS
 
 Row = tuple[str, CostRecord]  # (the label the setting was asked by, its record)
 
@@ -58,7 +59,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=POSITIVE_INT, default=3,
                    help="interleaved timing rounds (alternating order; one speed-up ratio "
                    "against none per round)")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="autocast precision")
     add_compute_flags(p)
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
@@ -99,12 +100,15 @@ def main(argv: list[str] | None = None) -> int:
             create_reducer(spec.name, **spec.options)
     except (KeyError, ValueError, TypeError) as err:  # KeyError's str() adds quotes
         p.error(err.args[0] if err.args else str(err))
+    a.skipped = []
     with using_threads(a.threads):
         rows = [row for model, specs in plans.items() for row in measure_model(model, specs, a)]
     if not rows:
         return 1
     print(f"\n{environment_line(rows[0][1])}\n")
     print(table(rows, a.batch_size))
+    if a.skipped:
+        print(f"\nnot measured ({len(a.skipped)}; reasons above): {', '.join(a.skipped)}")
     return 0
 
 
@@ -136,8 +140,9 @@ def measure_model(model: str, specs: list[ReducerSpec], a: argparse.Namespace) -
                           rss=a.rss, train_step=a.train_step, train_batch=a.train_batch_size,
                           speed=False, site_share=a.site_timing, clock=a.clock,
                           quick_gelu=a.quick_gelu)
-        except (ImportError, ValueError, TypeError, KeyError) as err:
+        except (ImportError, ValueError, RuntimeError) as err:  # a setting this model refuses
             print(f"skipped {model} {spec.label}: {err}", flush=True)
+            a.skipped.append(f"{model} {spec.label}")
             continue
         rows.append((spec.label, rec))
         print(f"measured {model} {spec.label}: {rec['gmacs']:.2f} GMACs", flush=True)

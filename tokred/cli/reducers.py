@@ -27,10 +27,11 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """``tokred list``: print every registered reducer (plugins from ``--plugin`` included)."""
     from tokred.plugins import load_plugin_files
+    from tokred.registry import list_reducers
 
     args = parser().parse_args(argv)
     load_plugin_files(args.plugin)
-    rows = [describe(name) for name in _reducer_names()]
+    rows = [describe(name) for name in list_reducers()]
     if args.format == "json":
         print(json.dumps(rows, indent=1, default=str))
         return 0
@@ -43,12 +44,6 @@ def main(argv: list[str] | None = None) -> int:
         for tag, values in r["presets"].items():
             print(f"{'':<14}.{tag}: {', '.join(f'{k}={v!r}' for k, v in values.items())}")
     return 0
-
-
-def _reducer_names() -> list[str]:
-    from tokred.registry import list_reducers
-
-    return list_reducers()
 
 
 def describe(name: str) -> dict:
@@ -72,9 +67,9 @@ def source(cls: type) -> str:
     path = plugin_file_of(cls.__module__)
     if path is not None:
         return f"plugin file {path}"
-    top = cls.__module__.split(".")[0]
-    dists = metadata.packages_distributions().get(top, [])
-    dist = dists[0] if dists else top
+    from tokred.registry import distribution_of
+
+    dist = distribution_of(cls) or cls.__module__.split(".")[0]
     try:
         version = metadata.version(dist)
     except metadata.PackageNotFoundError:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import time
 from dataclasses import replace
 from typing import Optional
@@ -68,7 +67,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
     if a.small:
         cfg = replace(cfg, train_videos=16, test_videos=16, frames=8, workers=1)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     t0 = time.perf_counter()
     generate(a.out, cfg)
     print(

@@ -23,6 +23,7 @@ from tokred.cli.args import (
 from tokred.training import distributed as D
 from tokred.training.config import RECIPES, RULES, TrainConfig
 from tokred.training.loop import train
+from tokred.training.precision import PRECISIONS
 
 PATHS = {"out": output_dir, "init": existing_file, "bad_videos": existing_file,
          "root": existing_path, "video_root": existing_path}
@@ -71,7 +72,7 @@ HELP = {  # one line per field; TrainConfig's docstring has the details
     "time_limit": "minutes; a safety stop that saves and is recorded (default: none)",
     "threads": THREADS_HELP,
 }
-CHOICES = {"mode": list(RECIPES), "precision": ["fp32", "bf16", "fp16"]}
+CHOICES = {"mode": list(RECIPES), "precision": list(PRECISIONS)}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         stats = train(cfg)
     finally:
         D.cleanup()
-    if D.current().is_main and stats.get("checkpoint"):
+    if stats.get("checkpoint"):  # only rank 0 writes (and returns) a checkpoint
         skipped = stats.get("skipped_videos")
         print(
             f"trained {stats['steps']} steps in {stats['wall_s']:.0f}s, loss {stats['loss']:.4f}"

@@ -277,9 +277,9 @@ def paired_throughput(
     clock: Callable[[], float] = time.perf_counter,
 ) -> dict[int, PairedTiming]:
     """Speed-up of ``encoder`` over ``base`` per batch size, on one fixed video batch each."""
-    size = encoder.backbone.spec.image_size
-    return {b: paired_inference(base, encoder, fixed_video(b, frames, size, device), rounds,
-                                warmup, repeats, precision, clock) for b in batch_sizes}
+    t = interleaved_throughput({"base": base, "fn": encoder}, frames, batch_sizes, rounds,
+                               warmup, repeats, device, precision, clock)
+    return {b: PairedTiming(t["base"][b], t["fn"][b]) for b in batch_sizes}
 
 
 def interleaved_throughput(

@@ -13,6 +13,7 @@ from tokred.cli.args import (
     Rule,
     check_optional,
 )
+from tokred.training.precision import PRECISIONS
 
 RECIPES = {  # mode -> (lr, betas)
     "full": (5e-6, (0.9, 0.98)),
@@ -121,8 +122,9 @@ class TrainConfig:
         check_fields(self)
         if self.mode not in RECIPES:
             raise ValueError(f"mode must be one of {sorted(RECIPES)}, got {self.mode!r}")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got "
+                             f"{self.precision!r}")
         if self.frame_pool is not None and self.frame_pool < (self.train_frames or self.frames):
             raise ValueError(
                 f"frame_pool={self.frame_pool} must be at least train_frames "
