@@ -60,9 +60,8 @@ def test_runs_in_the_encoder_with_its_exact_schedule(installed, scale):
 
 @pytest.mark.slow
 def test_smoke_sweep_by_name(installed, tmp_path):
+    from tokred_experiments import sweep
     from tokred_experiments.records import read_records
-
-    from experiments import sweep
 
     cfg = tmp_path / "plugin.yaml"
     cfg.write_text(textwrap.dedent("""\

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tokred_experiments import sweep
 from tokred_experiments.cache import cached_step, step_result
 from tokred_experiments.config import ConfigError, load_config
 from tokred_experiments.records import (
@@ -21,8 +22,6 @@ from tokred_experiments.records import (
     read_records,
     trial_id,
 )
-
-from experiments import sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -185,7 +184,7 @@ def test_cached_step_builds_once_and_survives_failure(tmp_path):
 
 
 def test_failing_trial_is_recorded_and_retried(tmp_path, monkeypatch):
-    from experiments import trials
+    from tokred_experiments import trials
 
     cfg = load_config(write(tmp_path, COST))
     real = trials.cost_trial
@@ -334,8 +333,7 @@ def test_missing_video_stops_before_any_trial(msrvtt_env, monkeypatch, tmp_path)
     """A video of the evaluated split missing: ConfigError naming the file, before any trial
     (also with --shard), instead of per trial after the whole cost section."""
     import torch
-
-    from experiments import trials
+    from tokred_experiments import trials
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     path = ROOT / "experiments/configs/msrvtt_vitb32.yaml"

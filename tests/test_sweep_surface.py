@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from test_cli_surface import write_plugin
 from test_train import TINY
+from tokred_experiments import sweep
 from tokred_experiments.config import ConfigError, find_config, load_config
 from tokred_experiments.records import read_records
 
-from experiments import sweep
 from tokred.backbones.embedded import EMBEDDED_MODELS
 from tokred.cli import main
 
