@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from functools import cache
 from typing import Any
 
@@ -191,7 +190,8 @@ def check_data_files(loc: Any, sec: dict, splits: list[str], error: type[Excepti
     data = sec.get("data") or {}
     if data.get("kind", "synth") != "msrvtt":
         return
-    from tokred.data import check_files, load_split
+    from tokred.data import load_split
+    from tokred.data.readers import missing_files
 
     root = data["root"]
     where = loc.where("quality", "data", "root")
@@ -207,12 +207,11 @@ def check_data_files(loc: Any, sec: dict, splits: list[str], error: type[Excepti
         if not loaded.videos:
             raise error(f"{where}: the MSR-VTT {split} split under {root!r} lists no videos; "
                         f"check its annotation file{hint}")
-        try:
-            check_files(loaded)  # lists the missing files (the first 10) and the video root
-        except FileNotFoundError as err:
-            gone = sum(not v.path.is_file() for v in loaded.videos)  # the headline's count
-            listed = re.sub(r":?\n\s*", "; ", str(err).strip())  # one line
-            raise error(f"{where}: {gone} of the {len(loaded.videos)} videos of the MSR-VTT "
-                        f"{split} split are missing ({listed}); put every listed video in "
-                        f"{loaded.video_root} as <video_id>.mp4 or fix MSRVTT_ROOT / "
-                        f"quality.data.root{hint}") from None
+        missing = missing_files(loaded)
+        if missing:
+            shown = ", ".join(str(v.path) for v in missing[:10])
+            more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+            raise error(f"{where}: {len(missing)} of the {len(loaded.videos)} videos of the "
+                        f"MSR-VTT {split} split are missing: {shown}{more}; put every listed "
+                        f"video in {loaded.video_root or missing[0].path.parent} as "
+                        f"<video_id>.mp4 or fix MSRVTT_ROOT / quality.data.root{hint}")

@@ -78,12 +78,17 @@ class Split:
         return f"Split({self.name!r}, videos={len(self.videos)}, captions={len(self.captions)})"
 
 
+def missing_files(split: Split) -> list[VideoItem]:
+    """The videos of ``split`` whose file does not exist."""
+    return [v for v in split.videos if not v.path.is_file()]
+
+
 def check_files(split: Split) -> None:
     """Raises ``FileNotFoundError`` listing ALL missing video files of a split (first 10 shown).
 
     Call it before training starts so a bad path fails in seconds, not hours in.
     """
-    missing = [v for v in split.videos if not v.path.is_file()]
+    missing = missing_files(split)
     if not missing:
         return
     shown = "\n".join(f"  {v.id}: {v.path}" for v in missing[:10])
