@@ -22,14 +22,14 @@ SHIPPED = ["default.yaml", "smoke.yaml", "msrvtt_vitb32.yaml", "msrvtt_vitb16.ya
 BUILT_IN = ["centerclip", "none", "pooling", "sparse", "tempme", "tome"]
 
 # Trial counts and ids of the shipped configs from before they used presets (options written
-# out): results recorded then are still found on resume. default.yaml's quality section has
-# changed since (fixed-step base training, the frontier), so only its cost ids are pinned.
+# out): results recorded then are still found on resume. default.yaml has changed since
+# (fixed-step base training, the frontier, a cost section of the papers' settings at batch 1),
+# so its pins are ids taken after those changes; ViT-B/16's runs kept their settings.
 BEFORE = {
-    "default.yaml": (None, {"e901e283ace5": "cost ViT-B-32 centerclip:k=49,layer=6,segments=4",
-                          "9dc0acd75209": "cost ViT-B-32 centerclip:k=49,layer=6,segments=6",
-                          "79de459d7415": "cost ViT-B-32 centerclip:algorithm=spectral,k=49,"
+    "default.yaml": (49, {"144b2e0719c2": "cost ViT-B-32 centerclip:k=49,layer=6,segments=4",
+                          "8d5e5f579108": "cost ViT-B-32 centerclip:algorithm=spectral,k=49,"
                                           "layer=6,segments=4",
-                          "25a24986bd60": "cost ViT-B-16 sparse:k=160,layer=6,segments=4"}),
+                          "a3c1b71c8257": "cost ViT-B-16 tempme:cross=0.3"}),
     "smoke.yaml": (11, {"10f3761faac5": "quality scale-B32 tome:r=2 finetuned",
                         "e5a98b2e3420": "provenance scale-B32 tome:r=2"}),
     "msrvtt_vitb32.yaml": (38, {"aa06bf1ba5cb": "cost ViT-B-32 centerclip:algorithm=spectral,"
