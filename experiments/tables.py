@@ -211,7 +211,8 @@ def spectral_cols(s: dict, m: dict) -> dict:
         return {}
     k = s["options"].get("k", option_defaults("centerclip").get("k"))
     return {"spectral segments": m.get("spectral_segments"),
-            "spectral empty": m.get("spectral_empty_graph"), "spectral k": option_value(k)}
+            "spectral empty": m.get("spectral_empty_graph"), "spectral k": option_value(k),
+            "spectral svd redone": m.get("spectral_svd_retried")}
 
 
 def spectral_note(row) -> str:
@@ -222,9 +223,16 @@ def spectral_note(row) -> str:
     n, total = int(n) if known(n) else 0, int(total)
     if n:
         k = row.get("spectral k") or "k"
-        return (f"spectral graph empty in {n:,} of {total:,} segments: the selection is "
+        text = (f"spectral graph empty in {n:,} of {total:,} segments: the selection is "
                 f"positional (the first {k} tokens of each segment)")
-    return f"spectral graph non-empty in all {total:,} segments"
+    else:
+        text = f"spectral graph non-empty in all {total:,} segments"
+    redone = row.get("spectral svd redone")
+    if known(redone) and int(redone):
+        text += (f"; the batched SVD was redone segment by segment for {int(redone):,} of them "
+                 f"(MKL failed to converge or returned NaN, where the official code stops or "
+                 f"clusters NaN)")
+    return text
 
 
 def to_markdown(df: pd.DataFrame, floatfmt: str = ".2f") -> str:

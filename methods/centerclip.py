@@ -220,9 +220,9 @@ class CenterCLIP(SegmentReducer):
         self._svd_retried += retried
         if retried and ("svd", layer) not in _WARNED:
             _WARNED.add(("svd", layer))
-            log.warning("centerclip spectral: the batched SVD at layer %s failed to converge; "
-                        "its %d segments were decomposed one by one (the official code stops "
-                        "with an error here)", layer, retried)
+            log.warning("centerclip spectral: the batched SVD at layer %s failed to converge or "
+                        "returned NaN; %d segments were decomposed one by one (the official code "
+                        "stops with an error or clusters NaN here)", layer, retried)
         key = (layer, self.sigma, self.graph)
         if empty and key not in _WARNED:
             _WARNED.add(key)

@@ -345,7 +345,7 @@ def test_spectral_rows_say_whether_the_graph_was_empty(tmp_path):
     c_full = cost_rec(2, "centerclip", {**spec, "k": 30}, 30.0, 1.0, "ViT-B-16")
     c_full["metrics"].update({"spectral_segments": 4, "spectral_empty_graph": 0})
     q_part = msrvtt_rec(3, "centerclip", spec, "training_free", spectral_segments=4000,
-                        spectral_empty_graph=1000)
+                        spectral_empty_graph=1000, spectral_svd_retried=513)
     q_old = msrvtt_rec(4, "centerclip", spec, "finetuned")  # recorded before the counters
     q_kmed = msrvtt_rec(5, "centerclip", {"segments": 4}, "finetuned")
     text = report_of(tmp_path, [cost_rec(0, "none", {}, 52.9, 2.0), c_empty, c_full, q_part,
@@ -359,7 +359,8 @@ def test_spectral_rows_say_whether_the_graph_was_empty(tmp_path):
             "segments") in cost_b16
     free = section(text, "### msrvtt: ViT-B-32, training-free")
     assert ("- centerclip algorithm=spectral segments=4: spectral graph empty in 1,000 of 4,000 "
-            "segments: the selection is positional (the first 49 tokens of each segment)") in free
+            "segments: the selection is positional (the first 49 tokens of each segment); the "
+            "batched SVD was redone segment by segment for 513 of them") in free
     tuned = section(text, "### msrvtt: ViT-B-32, finetuned")
     assert "- centerclip algorithm=spectral segments=4: spectral graph counts not recorded" in tuned
     assert "- centerclip segments=4:" not in tuned  # k-medoids: no graph, no note
