@@ -11,7 +11,7 @@ for ViT-B/32) are deleted once it is evaluated unless its config keeps them
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -115,8 +115,7 @@ def quality_trial(s: dict, ctx) -> dict:
         stats = train(cfg)
         extra = {"train_s": stats.get("wall_s"), "train_steps": stats.get("steps"),
                  "train_loss": stats.get("loss"),
-                 "trainable_params": (stats["trainable_params"] if "trainable_params" in stats
-                                      else _trainable(cfg))}
+                 "trainable_params": stats["trainable_params"]}
         model = load_model(stats["checkpoint"])
     elif s.get("weights"):
         model = build_model(s["model"], s["reducer"], s["options"], s["frames"], s["weights"]).eval()
@@ -155,26 +154,6 @@ def _trial_dir(s: dict) -> str:
     from .records import trial_id
 
     return trial_id(s)
-
-
-_TRAINABLE: dict[str, int] = {}  # one count per architecture and recipe in a sweep process
-
-
-def _trainable(cfg) -> int:
-    """Parameters a fine-tune of ``cfg`` trains (``tokred.training.train`` does not return
-    them): the model built as for training, without reading any weights (the count depends on
-    the architecture, the reducer and the recipe's mode only), once per such setting."""
-    from tokred.training.build import build_for_training
-
-    from .records import trial_id
-
-    key = trial_id({k: getattr(cfg, k) for k in ("model", "reducer", "reducer_options",
-                                                 "frames", "max_words", "mode", "lora_rank",
-                                                 "freeze_logit_scale")})
-    if key not in _TRAINABLE:
-        model = build_for_training(replace(cfg, pretrained=None, init=None), "cpu")
-        _TRAINABLE[key] = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return _TRAINABLE[key]
 
 
 def encoder_cost(enc, videos: torch.Tensor, batch: int = 4, rounds: int = 5) -> dict:

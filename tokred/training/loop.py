@@ -119,7 +119,8 @@ def _clamp_logit_scale(model: nn.Module) -> None:
 
 
 def train(cfg: TrainConfig, split=None, clips: torch.Tensor | None = None) -> dict:
-    """Train per ``cfg``; returns ``{"checkpoint", "last", "steps", "loss", "wall_s", ...}``.
+    """Train per ``cfg``; returns ``{"checkpoint", "last", "steps", "loss", "wall_s",
+    "trainable_params", ...}``.
 
     Every video the run will use is decoded before the first step when the clips are cached
     (a bad one stops the run there, or is left out with ``skip_errors``); uncached batches are
@@ -162,6 +163,7 @@ def train(cfg: TrainConfig, split=None, clips: torch.Tensor | None = None) -> di
     ds.preload(videos_used(len(ds), local, info, cfg, step, total, steps_per_epoch))
     run.ddp = _wrap(model, info)
     stats = _loop(run, ds, local, steps_per_epoch, total, step)
+    stats["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if info.is_main:
         stats["checkpoint"] = str(save_final(model, cfg, out, stats))
     D.barrier()
