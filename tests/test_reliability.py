@@ -24,6 +24,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from test_sweep import COST  # the same small cost-only config
 from test_train import TINY
 from tokred_experiments import cache as xcache
 from tokred_experiments import sweep, trials
@@ -40,21 +41,6 @@ from tokred.training import loop as loop_mod
 from tokred.training.loop import epoch_batches
 
 ROOT = Path(__file__).resolve().parents[1]
-COST = """\
-name: t
-cost:
-  frames: 12
-  batch_sizes: [1]
-  repeats: 1
-  warmup: 0
-  memory: false
-  fvcore: false
-  runs:
-    - backbone: scale-B32
-      reducers:
-        - none
-        - {name: tome, sweep: {r: [2, 3, 4]}}
-"""
 
 
 @pytest.fixture(scope="module")
